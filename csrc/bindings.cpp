@@ -1,0 +1,156 @@
+// The only file that knows about Python: argument checks, GIL release, module _C.
+// Full validation with friendly messages lives in drfast/ops.py; these checks are
+// the last line of defence so that no call from Python can crash the process.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+#ifdef DRFAST_WITH_CUDA
+#include "cuda/flat_search_cuda.h"
+#endif
+
+namespace py = pybind11;
+using drfast::SearchInput;
+using drfast::SearchOutput;
+
+namespace {
+
+#define DRFAST_CHECK(cond, msg) \
+  do {                          \
+    if (!(cond)) throw std::invalid_argument(msg); \
+  } while (0)
+
+void check_array(const py::array& a, const char* name, char kind, int itemsize, py::ssize_t ndim) {
+  DRFAST_CHECK(a.dtype().kind() == kind && a.itemsize() == itemsize,
+               std::string(name) + ": wrong dtype");
+  DRFAST_CHECK(a.ndim() == ndim, std::string(name) + ": wrong number of dimensions");
+  DRFAST_CHECK(a.flags() & py::array::c_style, std::string(name) + ": must be C-contiguous");
+}
+
+template <class T>
+T* mutable_data(py::array& a, const char* name) {
+  DRFAST_CHECK(a.writeable(), std::string(name) + ": must be writeable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+// Checks shared by the CPU and CUDA entry points once pointers are known.
+void check_search(const SearchInput& in) {
+  DRFAST_CHECK(in.B >= 1, "queries: need at least one row");
+  DRFAST_CHECK(in.N >= 1, "docs: need at least one row");
+  DRFAST_CHECK(in.d >= 1, "queries: need at least one column");
+  DRFAST_CHECK(in.k >= 1, "k must be >= 1");
+  DRFAST_CHECK(in.cutoff >= 0, "cutoff must be >= 0");
+}
+
+void check_positives_host(const SearchInput& in) {
+  DRFAST_CHECK(in.pos_offsets[0] == 0, "pos_offsets[0] must be 0");
+  for (int64_t b = 0; b < in.B; ++b)
+    DRFAST_CHECK(in.pos_offsets[b + 1] >= in.pos_offsets[b], "pos_offsets must be non-decreasing");
+  for (int64_t i = 0; i < in.pos_offsets[in.B]; ++i)
+    DRFAST_CHECK(in.pos_ids[i] >= 0 && in.pos_ids[i] < in.N, "pos_ids: row id out of range");
+}
+
+void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
+                     int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
+                     py::object pair_weights) {
+  check_array(queries, "queries", 'f', 4, 2);
+  check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
+  check_array(pos_offsets, "pos_offsets", 'i', 8, 1);
+  check_array(pos_ids, "pos_ids", 'i', 8, 1);
+  check_array(ids, "ids", 'i', 8, 2);
+  check_array(scores, "scores", 'f', 4, 2);
+  check_array(pos_scores, "pos_scores", 'f', 4, 1);
+  check_array(pos_ranks, "pos_ranks", 'i', 8, 1);
+
+  SearchInput in;
+  in.queries = static_cast<const float*>(queries.data());
+  in.B = queries.shape(0);
+  in.d = queries.shape(1);
+  in.docs = docs.data();
+  in.N = docs.shape(0);
+  in.docs_fp16 = docs.itemsize() == 2;
+  in.k = k;
+  in.cutoff = cutoff;
+  check_search(in);
+  DRFAST_CHECK(docs.shape(1) == in.d, "docs: dimension differs from queries");
+  DRFAST_CHECK(pos_offsets.shape(0) == in.B + 1, "pos_offsets: expected B + 1 entries");
+  in.pos_offsets = static_cast<const int64_t*>(pos_offsets.data());
+  in.pos_ids = static_cast<const int64_t*>(pos_ids.data());
+  DRFAST_CHECK(in.pos_offsets[in.B] == pos_ids.shape(0), "pos_ids: length differs from pos_offsets[B]");
+  check_positives_host(in);
+  const int64_t nnz = pos_ids.shape(0);
+  DRFAST_CHECK(ids.shape(0) == in.B && ids.shape(1) == k, "ids: expected shape [B, k]");
+  DRFAST_CHECK(scores.shape(0) == in.B && scores.shape(1) == k, "scores: expected shape [B, k]");
+  DRFAST_CHECK(pos_scores.shape(0) == nnz && pos_ranks.shape(0) == nnz, "pos_scores/pos_ranks: expected [nnz]");
+
+  SearchOutput out;
+  out.ids = mutable_data<int64_t>(ids, "ids");
+  out.scores = mutable_data<float>(scores, "scores");
+  out.pos_scores = mutable_data<float>(pos_scores, "pos_scores");
+  out.pos_ranks = mutable_data<int64_t>(pos_ranks, "pos_ranks");
+  if (cutoff > 0) {
+    DRFAST_CHECK(!pair_weights.is_none(), "pair_weights: required when cutoff > 0");
+    py::array w = pair_weights.cast<py::array>();
+    check_array(w, "pair_weights", 'f', 4, 2);
+    DRFAST_CHECK(w.shape(0) == nnz && w.shape(1) == k, "pair_weights: expected shape [nnz, k]");
+    out.pair_weights = mutable_data<float>(w, "pair_weights");
+  }
+  py::gil_scoped_release release;
+  drfast::flat_search(in, out);
+}
+
+#ifdef DRFAST_WITH_CUDA
+// Device pointers come from torch tensors (tensor.data_ptr()); shapes are checked in ops.py.
+void flat_search_cuda(uintptr_t queries, int64_t B, int64_t d, uintptr_t docs, int64_t N, bool docs_fp16, int64_t k,
+                      uintptr_t pos_offsets, uintptr_t pos_ids, int64_t cutoff, uintptr_t ids, uintptr_t scores,
+                      uintptr_t pos_scores, uintptr_t pos_ranks, uintptr_t pair_weights, uintptr_t stream) {
+  SearchInput in;
+  in.queries = reinterpret_cast<const float*>(queries);
+  in.B = B;
+  in.d = d;
+  in.docs = reinterpret_cast<const void*>(docs);
+  in.N = N;
+  in.docs_fp16 = docs_fp16;
+  in.k = k;
+  in.pos_offsets = reinterpret_cast<const int64_t*>(pos_offsets);
+  in.pos_ids = reinterpret_cast<const int64_t*>(pos_ids);
+  in.cutoff = cutoff;
+  check_search(in);
+  SearchOutput out;
+  out.ids = reinterpret_cast<int64_t*>(ids);
+  out.scores = reinterpret_cast<float*>(scores);
+  out.pos_scores = reinterpret_cast<float*>(pos_scores);
+  out.pos_ranks = reinterpret_cast<int64_t*>(pos_ranks);
+  out.pair_weights = reinterpret_cast<float*>(pair_weights);
+  py::gil_scoped_release release;
+  drfast::flat_search_cuda(in, out, reinterpret_cast<void*>(stream));
+}
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "drfast native kernels";
+  m.def("flat_search", &flat_search_cpu, "Fused flat search on the CPU (outputs preallocated)",
+        py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
+        py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
+        py::arg("pair_weights") = py::none());
+  m.def("simd_level", &drfast::simd_level);
+  m.def("set_simd_level", &drfast::set_simd_level, py::arg("level"));
+  m.def("supported_simd_levels", &drfast::supported_simd_levels);
+  m.def("num_threads", &drfast::num_threads);
+  m.def("set_num_threads", &drfast::set_num_threads, py::arg("n"));
+#ifdef DRFAST_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+  m.def("cuda_device_available", &drfast::cuda_device_available);
+  m.def("flat_search_cuda", &flat_search_cuda);
+#else
+  m.attr("built_with_cuda") = false;
+  m.def("cuda_device_available", []() { return false; });
+#endif
+}

@@ -1,0 +1,64 @@
+// Runtime choice of instruction set and thread count for the CPU kernels.
+#include <omp.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+
+namespace drfast {
+namespace {
+
+bool cpu_has(const std::string& level) {
+  if (level == "generic") return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (level == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (level == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && cpu_has("avx2");
+#endif
+  return false;
+}
+
+std::string best_level() {
+  for (const char* l : {"avx512", "avx2"})
+    if (cpu_has(l)) return l;
+  return "generic";
+}
+
+std::string g_level = best_level();
+int g_threads = omp_get_max_threads();
+
+}  // namespace
+
+void flat_search(const SearchInput& in, const SearchOutput& out) {
+  if (g_level == "avx512") return flat_search_avx512(in, out, g_threads);
+  if (g_level == "avx2") return flat_search_avx2(in, out, g_threads);
+  return flat_search_generic(in, out, g_threads);
+}
+
+std::string simd_level() { return g_level; }
+
+void set_simd_level(const std::string& level) {
+  if (level != "avx512" && level != "avx2" && level != "generic")
+    throw std::invalid_argument("simd level must be 'avx512', 'avx2' or 'generic', got '" + level + "'");
+  if (!cpu_has(level)) throw std::invalid_argument("this CPU cannot run simd level '" + level + "'");
+  g_level = level;
+}
+
+std::string supported_simd_levels() {
+  std::string s;
+  for (const char* l : {"avx512", "avx2", "generic"})
+    if (cpu_has(l)) s += s.empty() ? l : std::string(",") + l;
+  return s;
+}
+
+int num_threads() { return g_threads; }
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+  g_threads = n;
+}
+
+}  // namespace drfast

@@ -1,0 +1,13 @@
+// The flat fused search compiled for one instruction set (flags in CMakeLists.txt).
+#define DRFAST_ISA generic
+#include "flat_scorer.h"
+#include "kernels.h"
+
+namespace drfast {
+
+void flat_search_generic(const SearchInput& in, const SearchOutput& out, int threads) {
+  const generic::FlatScorer scorer(in);
+  fused_scan(in, out, scorer, threads);
+}
+
+}  // namespace drfast

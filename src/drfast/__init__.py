@@ -1,0 +1,37 @@
+"""drfast: fast, correct training of dense retrieval models with hard negatives."""
+from __future__ import annotations
+
+from . import _C
+from .index import FlatIndex, load_index
+from .results import SearchResult
+
+__version__ = "0.1.0"
+__all__ = ["FlatIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads", "build_info"]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the native CPU kernels (default: OMP_NUM_THREADS or all cores)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _C.num_threads()
+
+
+def build_info() -> dict:
+    """What this build can do: SIMD level in use, threads, CUDA."""
+    import torch
+
+    return {
+        "version": __version__,
+        "simd": _C.simd_level(),
+        "simd_supported": _C.supported_simd_levels().split(","),
+        "threads": _C.num_threads(),
+        "cuda_kernels_built": bool(_C.built_with_cuda),
+        "cuda_device_available": bool(_C.cuda_device_available()) or torch.cuda.is_available(),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,41 @@
+"""GPU paths: the torch reference on CUDA (the default) and the CUDA kernel when built. Skipped without a GPU."""
+import numpy as np
+import pytest
+import torch
+
+import drfast
+from drfast import _C
+from reference import integer_embeddings, random_positives, reference_search
+
+pytestmark = pytest.mark.gpu
+
+BACKENDS = ["torch"] + (["cuda"] if _C.built_with_cuda else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("B,N,d,k", [(1, 1, 1, 1), (5, 1000, 33, 40), (32, 100_000, 768, 200), (3, 7, 5, 12)])
+def test_gpu_exact_on_integer_data(rng, backend, dtype, B, N, d, k):
+    docs = integer_embeddings(rng, (N, d), dtype)
+    queries = integer_embeddings(rng, (B, d), np.float32)
+    positives = random_positives(rng, B, N)
+    idx = drfast.FlatIndex(docs).to("cuda")
+    res = idx.search(torch.from_numpy(queries).cuda(), k=k, positives=positives, cutoff=10, backend=backend)
+    assert res.ids.is_cuda
+    ref = reference_search(queries, docs, k, positives, 10)
+    np.testing.assert_array_equal(res.ids.cpu().numpy(), ref["ids"])
+    np.testing.assert_array_equal(res.scores.cpu().numpy(), ref["scores"].astype(np.float32))
+    np.testing.assert_array_equal(res.pos_ranks.cpu().numpy(), ref["pos_ranks"])
+    np.testing.assert_allclose(res.pair_weights.cpu().numpy(), ref["pair_weights"], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_close_to_native_on_float_data(rng, backend):
+    docs = rng.standard_normal((50_000, 256)).astype(np.float32)
+    queries = rng.standard_normal((16, 256)).astype(np.float32)
+    positives = random_positives(rng, 16, 50_000)
+    native = drfast.FlatIndex(docs).search(queries, k=200, positives=positives, cutoff=10)
+    gpu = drfast.FlatIndex(docs).to("cuda").search(torch.from_numpy(queries).cuda(), k=200,
+                                                    positives=positives, cutoff=10, backend=backend)
+    assert (gpu.ids.cpu().numpy() == native.ids).mean() > 0.99
+    assert np.abs(gpu.pos_ranks.cpu().numpy() - native.pos_ranks).max() <= 1

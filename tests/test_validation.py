@@ -1,0 +1,156 @@
+"""Bad input gets a ValueError/TypeError naming the argument, never a crash or a wrong answer."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import drfast
+from drfast import _C
+from reference import reference_search
+
+
+@pytest.fixture
+def idx():
+    return drfast.FlatIndex(np.arange(40, dtype=np.float32).reshape(10, 4))
+
+
+Q = np.ones((2, 4), np.float32)
+
+
+@pytest.mark.parametrize("emb,exc,match", [
+    (np.ones((3, 4), np.float64), TypeError, "emb: expected dtype float32 or float16"),
+    (np.ones((3, 4), np.int32), TypeError, "emb: expected dtype"),
+    (np.ones(4, np.float32), ValueError, r"emb: expected shape \[N, d\]"),
+    (np.ones((0, 4), np.float32), ValueError, "N = 0"),
+    (np.ones((3, 0), np.float32), ValueError, "dimension d"),
+    (np.array([[1.0, np.nan]], np.float32), ValueError, "emb: contains NaN or Inf"),
+    (np.array([[1.0, np.inf]], np.float16), ValueError, "emb: contains NaN or Inf"),
+    ([[1.0, 2.0]], TypeError, "emb: expected a numpy array or torch tensor"),
+])
+def test_bad_embeddings(emb, exc, match):
+    with pytest.raises(exc, match=match):
+        drfast.FlatIndex(emb)
+
+
+@pytest.mark.parametrize("queries,exc,match", [
+    (np.ones((2, 4), np.float64), TypeError, "queries: expected dtype float32"),
+    (torch.ones(2, 4, dtype=torch.float16), TypeError, "queries: expected dtype float32"),
+    (np.ones(4, np.float32), ValueError, r"queries: expected shape \[B, 4\]"),
+    (np.ones((2, 5), np.float32), ValueError, "queries: expected dimension 4"),
+    (np.ones((0, 4), np.float32), ValueError, "B = 0"),
+    (np.array([[1, 2, np.nan, 4]], np.float32), ValueError, "queries: contains NaN or Inf"),
+    (np.array([[1, 2, -np.inf, 4]], np.float32), ValueError, "queries: contains NaN or Inf"),
+    ("abc", TypeError, "queries: expected a numpy array"),
+])
+def test_bad_queries(idx, queries, exc, match):
+    with pytest.raises(exc, match=match):
+        idx.search(queries, k=3)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(k=0), ValueError, "k: must be >= 1"),
+    (dict(k=-3), ValueError, "k: must be >= 1"),
+    (dict(k=2.5), TypeError, "k: expected an int"),
+    (dict(k=True), TypeError, "k: expected an int"),
+    (dict(k=3, cutoff=0), ValueError, "cutoff: must be >= 1"),
+    (dict(k=3, cutoff="10"), TypeError, "cutoff: expected an int"),
+    (dict(k=3, positives=[[1], [10]]), ValueError, "positives: row id 10 is out of range"),
+    (dict(k=3, positives=[[-1], []]), ValueError, "positives: row id -1 is out of range"),
+    (dict(k=3, positives=[[2, 2], []]), ValueError, "positives: row 2 is listed twice for query 0"),
+    (dict(k=3, positives=[[1]]), ValueError, r"positives: expected one list per query \(B = 2\)"),
+    (dict(k=3, positives=[[1.5], []]), TypeError, "positives\\[0\\]: expected integer row ids"),
+    (dict(k=3, positives=(np.array([0, 1]), np.array([1]))), ValueError, "positives offsets: expected B \\+ 1"),
+    (dict(k=3, positives=(np.array([0, 2, 1]), np.array([1]))), ValueError, "positives offsets: must start at 0"),
+    (dict(k=3, positives=(np.array([0, 1, 3]), np.array([1, 2]))), ValueError, "end at len"),
+    (dict(k=3, positives=5), TypeError, "positives: expected a list of lists"),
+    (dict(k=3, backend="gpu"), ValueError, "backend: expected one of"),
+    (dict(k=3, backend="cuda"), ValueError, "backend: 'cuda' needs the index on a CUDA device"),
+])
+def test_bad_search_arguments(idx, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        idx.search(Q, **kwargs)
+
+
+def test_overflow_is_reported_not_returned():
+    idx = drfast.FlatIndex(np.full((3, 4), 3e38, np.float32))
+    with pytest.raises(ValueError, match="overflowed float32"):
+        idx.search(np.full((1, 4), 3e38, np.float32), k=2)
+
+
+def test_native_module_rejects_bad_buffers():
+    # The binding's own checks stop what ops.py would have caught: no call can crash.
+    q, d = np.ones((2, 4), np.float32), np.ones((5, 4), np.float32)
+    outs = lambda k, nnz: (np.empty((2, k), np.int64), np.empty((2, k), np.float32),  # noqa: E731
+                           np.empty(nnz, np.float32), np.empty(nnz, np.int64))
+    offsets = np.array([0, 1, 1], np.int64)
+    with pytest.raises(ValueError, match="pos_ids: row id out of range"):
+        _C.flat_search(q, d, 3, offsets, np.array([7], np.int64), 0, *outs(3, 1))
+    with pytest.raises(ValueError, match="docs: dimension differs"):
+        _C.flat_search(q, np.ones((5, 3), np.float32), 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
+    with pytest.raises(ValueError, match="ids: expected shape"):
+        _C.flat_search(q, d, 4, offsets, np.array([0], np.int64), 0, *outs(3, 1))
+    with pytest.raises(ValueError, match="queries: wrong dtype"):
+        _C.flat_search(q.astype(np.float64), d, 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
+    with pytest.raises(ValueError, match="pair_weights: required"):
+        _C.flat_search(q, d, 3, offsets, np.array([0], np.int64), 5, *outs(3, 1))
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        _C.flat_search(np.ones((2, 8), np.float32)[:, ::2], d, 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
+
+
+# --- property-based: random shapes, random (sometimes bad) inputs ------------------------------
+
+@st.composite
+def search_case(draw):
+    N = draw(st.integers(1, 60))
+    d = draw(st.integers(1, 40))
+    B = draw(st.integers(1, 12))
+    k = draw(st.integers(1, N + 5))
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    docs = rng.integers(-2, 3, size=(N, d)).astype(dtype)
+    queries = rng.integers(-2, 3, size=(B, d)).astype(np.float32)
+    positives = [sorted(rng.choice(N, size=int(rng.integers(0, min(N, 3) + 1)), replace=False).tolist())
+                 for _ in range(B)]
+    cutoff = draw(st.one_of(st.none(), st.integers(1, 20)))
+    corruption = draw(st.sampled_from(
+        [None, "nan_query", "dim", "dtype", "k", "pos_range", "pos_dup", "pos_len", "cutoff", "rank"]))
+    return docs, queries, k, positives, cutoff, corruption
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(search_case())
+def test_property_valid_inputs_match_reference_and_bad_inputs_raise(case):
+    docs, queries, k, positives, cutoff, corruption = case
+    N, d = docs.shape
+    idx = drfast.FlatIndex(docs)
+    if corruption is None:
+        res = idx.search(queries, k=k, positives=positives, cutoff=cutoff)
+        ref = reference_search(queries, docs, k, positives, cutoff)
+        np.testing.assert_array_equal(res.ids, ref["ids"])
+        np.testing.assert_array_equal(res.scores, ref["scores"].astype(np.float32))
+        np.testing.assert_array_equal(res.pos_ranks, ref["pos_ranks"])
+        if cutoff:
+            np.testing.assert_allclose(res.pair_weights, ref["pair_weights"], rtol=1e-6, atol=0)
+        return
+    if corruption == "nan_query":
+        queries[0, 0] = np.nan
+    elif corruption == "dim":
+        queries = np.ones((queries.shape[0], d + 1), np.float32)
+    elif corruption == "dtype":
+        queries = queries.astype(np.float64)
+    elif corruption == "k":
+        k = -k
+    elif corruption == "pos_range":
+        positives[0] = positives[0] + [N]
+    elif corruption == "pos_dup":
+        positives[0] = [0, 0]
+    elif corruption == "pos_len":
+        positives = positives + [[0]]
+    elif corruption == "cutoff":
+        cutoff = 0
+    elif corruption == "rank":
+        queries = queries[0]
+    with pytest.raises((ValueError, TypeError)):
+        idx.search(queries, k=k, positives=positives, cutoff=cutoff)
