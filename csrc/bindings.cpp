@@ -140,7 +140,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
         py::arg("pair_weights") = py::none());
-  m.def("simd_level", &drfast::simd_level);
+  m.def("simd_level", []() { return std::string(drfast::active_isa().name); });
   m.def("set_simd_level", &drfast::set_simd_level, py::arg("level"));
   m.def("supported_simd_levels", &drfast::supported_simd_levels);
   m.def("num_threads", &drfast::num_threads);

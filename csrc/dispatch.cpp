@@ -27,24 +27,24 @@ std::string best_level() {
   return "generic";
 }
 
-std::string g_level = best_level();
+const IsaKernels& kernels_for(const std::string& level) {
+  if (level == "avx512") return kIsaAvx512;
+  if (level == "avx2") return kIsaAvx2;
+  return kIsaGeneric;
+}
+
+const IsaKernels* g_isa = &kernels_for(best_level());
 int g_threads = omp_get_max_threads();
 
 }  // namespace
 
-void flat_search(const SearchInput& in, const SearchOutput& out) {
-  if (g_level == "avx512") return flat_search_avx512(in, out, g_threads);
-  if (g_level == "avx2") return flat_search_avx2(in, out, g_threads);
-  return flat_search_generic(in, out, g_threads);
-}
-
-std::string simd_level() { return g_level; }
+const IsaKernels& active_isa() { return *g_isa; }
 
 void set_simd_level(const std::string& level) {
   if (level != "avx512" && level != "avx2" && level != "generic")
     throw std::invalid_argument("simd level must be 'avx512', 'avx2' or 'generic', got '" + level + "'");
   if (!cpu_has(level)) throw std::invalid_argument("this CPU cannot run simd level '" + level + "'");
-  g_level = level;
+  g_isa = &kernels_for(level);
 }
 
 std::string supported_simd_levels() {

@@ -4,10 +4,12 @@
 // A Scorer provides
 //   int64_t block_rows() const;                  rows scored per block
 //   Scratch make_scratch() const;                per-thread working memory
-//   void score_block(Scratch&, int64_t r0, int64_t nb, float* out, int64_t ld);
+//   void score_block(Scratch&, int64_t r0, int64_t nb, float* out, int64_t ld) const;
 //        out[b * ld + i] = score(query b, row r0 + i) for every query b
-//   float score_pair(Scratch&, int64_t b, int64_t row);
+//   float score_pair(Scratch&, int64_t b, int64_t row) const;
 //        bit-identical to the value score_block gives for that pair
+// The per-element loops run through the IsaKernels table of the chosen ISA;
+// this file itself is compiled with baseline flags only.
 #pragma once
 #include <omp.h>
 
@@ -17,6 +19,7 @@
 #include <limits>
 #include <vector>
 
+#include "isa_kernels.h"
 #include "search_types.h"
 
 namespace drfast {
@@ -31,52 +34,43 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.score > b.score || (a.score == b.score && a.row < b.row);
 }
 
-// Bounded heap keeping the best `capacity` candidates; its top is the worst kept.
-class TopK {
+// The best `keep` candidates of one query among the rows one thread scans, in
+// ascending row order. Candidates above the threshold are appended (a few per
+// block once it has warmed up); when the buffer fills, nth_element keeps the
+// best `keep` and raises the threshold to the worst kept score. A later row with
+// exactly that score ranks after every kept one (lower rows win ties), so
+// `> threshold` loses nothing.
+class TopKBuffer {
  public:
-  TopK(Candidate* storage, int64_t capacity) : h_(storage), cap_(capacity) {}
+  TopKBuffer(Candidate* storage, int64_t keep, int64_t capacity)
+      : buf_(storage), keep_(keep), cap_(capacity) {}
 
-  // Scores below this cannot enter (every kept candidate ranks before them).
-  float threshold() const {
-    return size_ < cap_ ? -std::numeric_limits<float>::infinity() : h_[0].score;
+  // Offer scores[0, n) of rows r0.. (n <= capacity - keep); idx is room for n indices.
+  void offer(const IsaKernels& isa, const float* scores, int64_t n, int64_t r0, int32_t* idx) {
+    if (size_ + n > cap_) compact();
+    const int64_t m = isa.select_above(scores, n, threshold_, idx);
+    for (int64_t j = 0; j < m; ++j) buf_[size_ + j] = Candidate{scores[idx[j]], r0 + idx[j]};
+    size_ += m;
   }
 
-  void push(float score, int64_t row) {
-    const Candidate c{score, row};
-    if (size_ < cap_) {
-      h_[size_++] = c;
-      std::push_heap(h_, h_ + size_, ranks_before);
-    } else if (ranks_before(c, h_[0])) {
-      std::pop_heap(h_, h_ + size_, ranks_before);
-      h_[size_ - 1] = c;
-      std::push_heap(h_, h_ + size_, ranks_before);
-    }
-  }
-
+  float threshold() const { return threshold_; }
   int64_t size() const { return size_; }
-  const Candidate* begin() const { return h_; }
-  const Candidate* end() const { return h_ + size_; }
+  const Candidate* begin() const { return buf_; }
+  const Candidate* end() const { return buf_ + size_; }
 
  private:
-  Candidate* h_;
-  int64_t cap_;
+  void compact() {
+    if (size_ <= keep_) return;
+    std::nth_element(buf_, buf_ + keep_ - 1, buf_ + size_, ranks_before);
+    size_ = keep_;
+    threshold_ = buf_[keep_ - 1].score;
+  }
+
+  Candidate* buf_;
+  int64_t keep_, cap_;
   int64_t size_ = 0;
+  float threshold_ = -std::numeric_limits<float>::infinity();
 };
-
-// Rows in scores[0, n) (row ids r0 + i) that rank before the positive (sp, p).
-inline int64_t count_ranked_before(const float* scores, int64_t n, int64_t r0, float sp, int64_t p) {
-  const int64_t split = std::clamp<int64_t>(p - r0, 0, n);  // rows before p win ties
-  int64_t c = 0;
-  for (int64_t i = 0; i < split; ++i) c += scores[i] >= sp;
-  for (int64_t i = split; i < n; ++i) c += scores[i] > sp;
-  return c;
-}
-
-inline float block_max(const float* s, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i]);
-  return m;
-}
 
 inline float reciprocal_rank(int64_t rank, int64_t cutoff) {
   return rank <= cutoff ? 1.0f / static_cast<float>(rank) : 0.0f;
@@ -102,7 +96,8 @@ inline void write_pair_weights(const SearchInput& in, const SearchOutput& out, i
 }
 
 template <class Scorer>
-void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& scorer, int threads) {
+void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& scorer, const IsaKernels& isa,
+                int threads) {
   const int64_t B = in.B, N = in.N, k = in.k, nnz = in.pos_offsets[B];
   const int64_t kept = std::min(k, N);
   const int64_t nb_max = scorer.block_rows();
@@ -121,20 +116,22 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
       out.pos_scores[i] = scorer.score_pair(scratch, pos_query[i], in.pos_ids[i]);
   }
 
-  // 2. One pass over the rows; each thread keeps its own heaps and counts.
-  // Unfilled heap slots keep row -1 so the merge can skip them.
-  std::vector<Candidate> heap_storage(static_cast<size_t>(T) * B * kept,
-                                      Candidate{-std::numeric_limits<float>::infinity(), -1});
+  // 2. One pass over the rows; each thread keeps its own candidates and counts.
+  // Within a thread blocks come in ascending row order (TopKBuffer relies on it).
+  const int64_t cap = 2 * kept + nb_max;
+  std::vector<Candidate> cand_storage(static_cast<size_t>(T) * B * cap);
+  std::vector<int64_t> cand_sizes(static_cast<size_t>(T) * B, 0);
   std::vector<int64_t> counts(static_cast<size_t>(T) * nnz, 0);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num();
     auto scratch = scorer.make_scratch();
     std::vector<float> scores(static_cast<size_t>(B) * nb_max);
-    std::vector<TopK> heaps;
-    heaps.reserve(B);
+    std::vector<int32_t> selected(nb_max);
+    std::vector<TopKBuffer> topk;
+    topk.reserve(B);
     for (int64_t b = 0; b < B; ++b)
-      heaps.emplace_back(heap_storage.data() + (static_cast<size_t>(t) * B + b) * kept, kept);
+      topk.emplace_back(cand_storage.data() + (static_cast<size_t>(t) * B + b) * cap, kept, cap);
     int64_t* my_counts = counts.data() + static_cast<size_t>(t) * nnz;
 
 #pragma omp for schedule(dynamic, 1)
@@ -143,31 +140,29 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
       scorer.score_block(scratch, r0, nb, scores.data(), nb_max);
       for (int64_t b = 0; b < B; ++b) {
         const float* s = scores.data() + b * nb_max;
+        const float best = isa.max_of(s, nb);
         for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i)
-          my_counts[i] += count_ranked_before(s, nb, r0, out.pos_scores[i], in.pos_ids[i]);
-        TopK& heap = heaps[b];
-        if (block_max(s, nb) < heap.threshold()) continue;  // the common case after warm-up
-        for (int64_t j = 0; j < nb; ++j)
-          if (s[j] >= heap.threshold()) heap.push(s[j], r0 + j);
+          if (best >= out.pos_scores[i])  // else no row of the block ranks before this positive
+            my_counts[i] += isa.count_ranked_before(s, nb, r0, out.pos_scores[i], in.pos_ids[i]);
+        if (best > topk[b].threshold()) topk[b].offer(isa, s, nb, r0, selected.data());
       }
     }
+    for (int64_t b = 0; b < B; ++b) cand_sizes[static_cast<size_t>(t) * B + b] = topk[b].size();
   }
 
-  // 3. Merge the per-thread heaps and write the ordered top-k, padded past N.
+  // 3. Merge the per-thread candidates and write the ordered top-k, padded past N.
 #pragma omp parallel for schedule(static) num_threads(T)
   for (int64_t b = 0; b < B; ++b) {
     std::vector<Candidate> all;
-    all.reserve(static_cast<size_t>(T) * kept);
     for (int t = 0; t < T; ++t) {
-      const Candidate* h = heap_storage.data() + (static_cast<size_t>(t) * B + b) * kept;
-      for (int64_t j = 0; j < kept; ++j)
-        if (h[j].row >= 0) all.push_back(h[j]);
+      const Candidate* c = cand_storage.data() + (static_cast<size_t>(t) * B + b) * cap;
+      all.insert(all.end(), c, c + cand_sizes[static_cast<size_t>(t) * B + b]);
     }
-    std::sort(all.begin(), all.end(), ranks_before);
+    const int64_t n = std::min<int64_t>(kept, static_cast<int64_t>(all.size()));
+    std::partial_sort(all.begin(), all.begin() + n, all.end(), ranks_before);
     for (int64_t j = 0; j < k; ++j) {
-      const bool real = j < std::min<int64_t>(kept, static_cast<int64_t>(all.size()));
-      out.ids[b * k + j] = real ? all[j].row : -1;
-      out.scores[b * k + j] = real ? all[j].score : -std::numeric_limits<float>::infinity();
+      out.ids[b * k + j] = j < n ? all[j].row : -1;
+      out.scores[b * k + j] = j < n ? all[j].score : -std::numeric_limits<float>::infinity();
     }
   }
 

@@ -1,23 +1,20 @@
-// Entry points of the CPU kernels, one per instruction set, and their dispatcher.
+// CPU entry points and the runtime choice of instruction set and threads.
 #pragma once
 #include <string>
 
+#include "isa_kernels.h"
 #include "search_types.h"
 
 namespace drfast {
 
-void flat_search_generic(const SearchInput& in, const SearchOutput& out, int threads);
-void flat_search_avx2(const SearchInput& in, const SearchOutput& out, int threads);
-void flat_search_avx512(const SearchInput& in, const SearchOutput& out, int threads);
-
-// Runs the best kernel the CPU supports (or the level forced by set_simd_level).
+// The fused flat search with the active ISA and thread count.
 void flat_search(const SearchInput& in, const SearchOutput& out);
 
-// "avx512", "avx2" or "generic": the level in use.
-std::string simd_level();
-// Force a level (for testing); throws std::invalid_argument if unsupported here.
+// The kernels in use: the best this CPU supports, or the level forced by set_simd_level.
+const IsaKernels& active_isa();
+// "avx512", "avx2" or "generic"; throws std::invalid_argument if this CPU cannot run it.
 void set_simd_level(const std::string& level);
-// Levels this CPU can run, best first.
+// Levels this CPU can run, best first, comma-separated.
 std::string supported_simd_levels();
 
 int num_threads();
