@@ -55,18 +55,45 @@ void check_positives_host(const SearchInput& in) {
     DRFAST_CHECK(in.pos_ids[i] >= 0 && in.pos_ids[i] < in.N, "pos_ids: row id out of range");
 }
 
-void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
-                     int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
-                     py::object pair_weights) {
-  check_array(queries, "queries", 'f', 4, 2);
-  check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
+// Checks of the positives and outputs shared by the flat and PQ entry points; fills `in`'s
+// positives and `out`.
+void check_positives_and_outputs(SearchInput& in, py::array& pos_offsets, py::array& pos_ids, py::array& ids,
+                                 py::array& scores, py::array& pos_scores, py::array& pos_ranks,
+                                 py::object& pair_weights, SearchOutput& out) {
   check_array(pos_offsets, "pos_offsets", 'i', 8, 1);
   check_array(pos_ids, "pos_ids", 'i', 8, 1);
   check_array(ids, "ids", 'i', 8, 2);
   check_array(scores, "scores", 'f', 4, 2);
   check_array(pos_scores, "pos_scores", 'f', 4, 1);
   check_array(pos_ranks, "pos_ranks", 'i', 8, 1);
+  check_search(in);
+  DRFAST_CHECK(pos_offsets.shape(0) == in.B + 1, "pos_offsets: expected B + 1 entries");
+  in.pos_offsets = static_cast<const int64_t*>(pos_offsets.data());
+  in.pos_ids = static_cast<const int64_t*>(pos_ids.data());
+  DRFAST_CHECK(in.pos_offsets[in.B] == pos_ids.shape(0), "pos_ids: length differs from pos_offsets[B]");
+  check_positives_host(in);
+  const int64_t nnz = pos_ids.shape(0), k = in.k;
+  DRFAST_CHECK(ids.shape(0) == in.B && ids.shape(1) == k, "ids: expected shape [B, k]");
+  DRFAST_CHECK(scores.shape(0) == in.B && scores.shape(1) == k, "scores: expected shape [B, k]");
+  DRFAST_CHECK(pos_scores.shape(0) == nnz && pos_ranks.shape(0) == nnz, "pos_scores/pos_ranks: expected [nnz]");
+  out.ids = mutable_data<int64_t>(ids, "ids");
+  out.scores = mutable_data<float>(scores, "scores");
+  out.pos_scores = mutable_data<float>(pos_scores, "pos_scores");
+  out.pos_ranks = mutable_data<int64_t>(pos_ranks, "pos_ranks");
+  if (in.cutoff > 0) {
+    DRFAST_CHECK(!pair_weights.is_none(), "pair_weights: required when cutoff > 0");
+    py::array w = pair_weights.cast<py::array>();
+    check_array(w, "pair_weights", 'f', 4, 2);
+    DRFAST_CHECK(w.shape(0) == nnz && w.shape(1) == k, "pair_weights: expected shape [nnz, k]");
+    out.pair_weights = mutable_data<float>(w, "pair_weights");
+  }
+}
 
+void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
+                     int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
+                     py::object pair_weights) {
+  check_array(queries, "queries", 'f', 4, 2);
+  check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
   SearchInput in;
   in.queries = static_cast<const float*>(queries.data());
   in.B = queries.shape(0);
@@ -76,32 +103,32 @@ void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos
   in.docs_fp16 = docs.itemsize() == 2;
   in.k = k;
   in.cutoff = cutoff;
-  check_search(in);
   DRFAST_CHECK(docs.shape(1) == in.d, "docs: dimension differs from queries");
-  DRFAST_CHECK(pos_offsets.shape(0) == in.B + 1, "pos_offsets: expected B + 1 entries");
-  in.pos_offsets = static_cast<const int64_t*>(pos_offsets.data());
-  in.pos_ids = static_cast<const int64_t*>(pos_ids.data());
-  DRFAST_CHECK(in.pos_offsets[in.B] == pos_ids.shape(0), "pos_ids: length differs from pos_offsets[B]");
-  check_positives_host(in);
-  const int64_t nnz = pos_ids.shape(0);
-  DRFAST_CHECK(ids.shape(0) == in.B && ids.shape(1) == k, "ids: expected shape [B, k]");
-  DRFAST_CHECK(scores.shape(0) == in.B && scores.shape(1) == k, "scores: expected shape [B, k]");
-  DRFAST_CHECK(pos_scores.shape(0) == nnz && pos_ranks.shape(0) == nnz, "pos_scores/pos_ranks: expected [nnz]");
-
   SearchOutput out;
-  out.ids = mutable_data<int64_t>(ids, "ids");
-  out.scores = mutable_data<float>(scores, "scores");
-  out.pos_scores = mutable_data<float>(pos_scores, "pos_scores");
-  out.pos_ranks = mutable_data<int64_t>(pos_ranks, "pos_ranks");
-  if (cutoff > 0) {
-    DRFAST_CHECK(!pair_weights.is_none(), "pair_weights: required when cutoff > 0");
-    py::array w = pair_weights.cast<py::array>();
-    check_array(w, "pair_weights", 'f', 4, 2);
-    DRFAST_CHECK(w.shape(0) == nnz && w.shape(1) == k, "pair_weights: expected shape [nnz, k]");
-    out.pair_weights = mutable_data<float>(w, "pair_weights");
-  }
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
   py::gil_scoped_release release;
   drfast::flat_search(in, out);
+}
+
+void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_offsets, py::array pos_ids,
+                   int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
+                   py::object pair_weights) {
+  check_array(luts, "luts", 'f', 4, 3);
+  check_array(codes, "codes", 'u', 1, 2);
+  DRFAST_CHECK(luts.shape(2) == 256, "luts: expected shape [B, m, 256]");
+  DRFAST_CHECK(codes.shape(1) == luts.shape(1), "codes: expected shape [N, m] with the luts' m");
+  DRFAST_CHECK(luts.shape(1) >= 1, "luts: m must be >= 1");
+  SearchInput in;
+  in.B = luts.shape(0);
+  in.d = luts.shape(1);
+  in.N = codes.shape(0);
+  in.k = k;
+  in.cutoff = cutoff;
+  SearchOutput out;
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
+  py::gil_scoped_release release;
+  drfast::pq_search(in, static_cast<const float*>(luts.data()), static_cast<const uint8_t*>(codes.data()),
+                    luts.shape(1), out);
 }
 
 #ifdef DRFAST_WITH_CUDA
@@ -138,6 +165,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "drfast native kernels";
   m.def("flat_search", &flat_search_cpu, "Fused flat search on the CPU (outputs preallocated)",
         py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
+        py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
+        py::arg("pair_weights") = py::none());
+  m.def("pq_search", &pq_search_cpu, "Fused PQ search on the CPU from per-query lookup tables (outputs preallocated)",
+        py::arg("luts"), py::arg("codes"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
         py::arg("pair_weights") = py::none());
   m.def("simd_level", []() { return std::string(drfast::active_isa().name); });

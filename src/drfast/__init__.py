@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from . import _C
 from .index import FlatIndex, load_index
+from .pq_index import PQIndex
 from .results import SearchResult
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads", "build_info"]
+__all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads", "build_info"]
 
 
 def set_num_threads(n: int) -> None:

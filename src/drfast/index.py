@@ -28,10 +28,7 @@ class FlatIndex:
 
     def __init__(self, emb: Any, doc_ids: Optional[Sequence[str]] = None):
         self.emb = ops.check_embeddings(emb, "emb")
-        n = self.emb.shape[0]
-        self.doc_ids = [str(i) for i in range(n)] if doc_ids is None else [str(x) for x in doc_ids]
-        if len(self.doc_ids) != n:
-            raise ValueError(f"doc_ids: expected {n} ids (one per row of emb), got {len(self.doc_ids)}")
+        self.doc_ids = _check_doc_ids(doc_ids, self.emb.shape[0])
 
     @property
     def ntotal(self) -> int:
@@ -89,14 +86,28 @@ class FlatIndex:
                 "dtype": str(emb.dtype)}
         with _atomic_dir(path) as tmp:
             np.save(tmp / "embeddings.npy", emb)
-            (tmp / "doc_ids.txt").write_text("\n".join(self.doc_ids) + "\n", encoding="utf-8")
+            _write_doc_ids(tmp, self.doc_ids)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
     def _load(cls, path: Path, mmap: bool) -> "FlatIndex":
-        emb = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
-        doc_ids = (path / "doc_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        return cls(emb, doc_ids)
+        return cls(np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None), _read_doc_ids(path))
+
+
+def _check_doc_ids(doc_ids: Optional[Sequence[str]], n: int) -> list:
+    """External ids of the n rows as strings (default "0".."n-1")."""
+    ids = [str(i) for i in range(n)] if doc_ids is None else [str(x) for x in doc_ids]
+    if len(ids) != n:
+        raise ValueError(f"doc_ids: expected {n} ids (one per row), got {len(ids)}")
+    return ids
+
+
+def _write_doc_ids(folder: Path, doc_ids: Sequence[str]) -> None:
+    (folder / "doc_ids.txt").write_text("\n".join(doc_ids) + "\n", encoding="utf-8")
+
+
+def _read_doc_ids(folder: Path) -> list:
+    return (folder / "doc_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
 
 
 class _atomic_dir:
@@ -124,16 +135,16 @@ class _atomic_dir:
             shutil.rmtree(old, ignore_errors=True)
 
 
-_KINDS = {"flat": FlatIndex}
+def load_index(path: str | os.PathLike, mmap: bool = True):
+    """Load a FlatIndex or PQIndex written by `save` (rows / codes memory-mapped by default)."""
+    from .pq_index import PQIndex
 
-
-def load_index(path: str | os.PathLike, mmap: bool = True) -> FlatIndex:
-    """Load an index written by `save` (embeddings memory-mapped by default)."""
+    kinds = {"flat": FlatIndex, "pq": PQIndex}
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise FileNotFoundError(f"path: {path} is not a drfast index (no meta.json)")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if meta.get("kind") not in _KINDS:
+    if meta.get("kind") not in kinds:
         raise ValueError(f"path: unknown index kind {meta.get('kind')!r} in {meta_file}")
-    return _KINDS[meta["kind"]]._load(path, mmap)
+    return kinds[meta["kind"]]._load(path, mmap)

@@ -14,7 +14,7 @@ import torch
 
 from . import _C
 from .results import SearchResult
-from .torch_search import torch_search
+from .torch_search import FlatChunkScorer, PQChunkScorer, torch_search
 
 BACKENDS = ("native", "cuda", "torch")
 _POISON_ID = np.iinfo(np.int64).min
@@ -168,48 +168,83 @@ def _check_overflow(result: SearchResult, kept: int) -> None:
         raise ValueError("queries/index: inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
 
 
+def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any, backend: str | None,
+             on_cuda: bool):
+    """Validated (queries, k, cutoff, (offsets, ids), backend)."""
+    queries = check_queries(queries, dim)
+    k, cutoff = check_k(k), check_cutoff(cutoff)
+    return queries, k, cutoff, check_positives(positives, queries.shape[0], N), choose_backend(backend, on_cuda)
+
+
+def _run_native(kernel, B: int, k: int, offsets: np.ndarray, ids: np.ndarray, cutoff: int) -> SearchResult:
+    """Allocates poisoned outputs, runs `kernel(*outputs)` and returns them."""
+    nnz = ids.shape[0]
+    result = SearchResult(
+        ids=np.full((B, k), _POISON_ID, np.int64), scores=np.full((B, k), np.nan, np.float32),
+        pos_offsets=offsets, pos_ids=ids, pos_scores=np.full(nnz, np.nan, np.float32),
+        pos_ranks=np.full(nnz, _POISON_ID, np.int64),
+        pair_weights=np.full((nnz, k), np.nan, np.float32) if cutoff else None)
+    kernel(result.ids, result.scores, result.pos_scores, result.pos_ranks, result.pair_weights)
+    return result
+
+
+def _finish(result: SearchResult, kept: int, queries: Any) -> SearchResult:
+    """Overflow check, then results in the kind (numpy / torch on the queries' device) of the queries."""
+    _check_overflow(result, kept)
+    if isinstance(queries, torch.Tensor):
+        return SearchResult(**{f: None if v is None else torch.as_tensor(v).to(queries.device)
+                               for f, v in vars(result).items()})
+    return SearchResult(**{f: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for f, v in vars(result).items()})
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x)
+
+
 def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: Any = None,
                 backend: str | None = None) -> SearchResult:
-    """Fused search of validated queries against a [N, d] document matrix (see FlatIndex.search)."""
+    """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search)."""
     N, d = docs.shape
-    queries = check_queries(queries, d)
-    k, cutoff = check_k(k), check_cutoff(cutoff)
-    B = queries.shape[0]
-    offsets, ids = check_positives(positives, B, N)
     on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
-    backend = choose_backend(backend, on_cuda)
-    torch_in = isinstance(queries, torch.Tensor)
-
+    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, d, N, k, positives, cutoff, backend, on_cuda)
+    B = queries.shape[0]
     if backend == "native":
-        docs_np = docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
-        q = np.ascontiguousarray(queries.cpu().numpy() if torch_in else queries)
-        nnz = ids.shape[0]
-        result = SearchResult(
-            ids=np.full((B, k), _POISON_ID, np.int64), scores=np.full((B, k), np.nan, np.float32),
-            pos_offsets=offsets, pos_ids=ids, pos_scores=np.full(nnz, np.nan, np.float32),
-            pos_ranks=np.full(nnz, _POISON_ID, np.int64),
-            pair_weights=np.full((nnz, k), np.nan, np.float32) if cutoff else None)
-        _C.flat_search(q, docs_np, k, offsets, ids, cutoff, result.ids, result.scores, result.pos_scores,
-                       result.pos_ranks, result.pair_weights)
-        _check_overflow(result, min(k, N))
-        if torch_in:
-            device = queries.device
-            result = SearchResult(**{f: None if v is None else torch.from_numpy(v).to(device)
-                                     for f, v in vars(result).items()})
-        return result
-
-    docs = _as_tensor(docs)
-    device = docs.device
-    q = _as_tensor(queries).to(device).contiguous()
-    off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
-    if backend == "torch":
-        result = torch_search(q, docs, k, off_t, ids_t, cutoff)
+        q, docs_np = _numpy(queries), docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
+        result = _run_native(lambda *out: _C.flat_search(q, docs_np, k, offsets, ids, cutoff, *out),
+                             B, k, offsets, ids, cutoff)
     else:
-        result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
-    _check_overflow(result, min(k, N))
-    if not torch_in:
-        result = SearchResult(**{f: None if v is None else v.cpu().numpy() for f, v in vars(result).items()})
-    return result
+        docs = _as_tensor(docs)
+        q = _as_tensor(queries).to(docs.device).contiguous()
+        off_t, ids_t = torch.from_numpy(offsets).to(docs.device), torch.from_numpy(ids).to(docs.device)
+        if backend == "torch":
+            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff)
+        else:
+            result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
+    return _finish(result, min(k, N), queries)
+
+
+def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: Any = None,
+              backend: str | None = None) -> SearchResult:
+    """Fused search over a PQIndex's codes [N, m] from the [B, m, 256] float32 lookup tables
+    `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search)."""
+    codes = index.codes
+    N = codes.shape[0]
+    on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
+    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, index.dim, N, k, positives, cutoff,
+                                                           backend, on_cuda)
+    if backend == "cuda":
+        raise ValueError("backend: the CUDA kernel covers flat indexes only so far; use 'torch' for a PQ index on GPU")
+    B = queries.shape[0]
+    device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
+    luts = index.lookup_tables(_as_tensor(queries).to(device))
+    if backend == "native":
+        luts_np, codes_np = _numpy(luts), _numpy(codes)
+        result = _run_native(lambda *out: _C.pq_search(luts_np, codes_np, k, offsets, ids, cutoff, *out),
+                             B, k, offsets, ids, cutoff)
+    else:
+        off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
+        result = torch_search(PQChunkScorer(luts, _as_tensor(codes)), B, k, off_t, ids_t, cutoff)
+    return _finish(result, min(k, N), queries)
 
 
 def _as_tensor(x: Any) -> torch.Tensor:

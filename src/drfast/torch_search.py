@@ -1,10 +1,11 @@
 """The torch reference path of the fused search: chunked matmul + top-k + rank counting.
 
 Runs on any torch device and is the GPU default until the CUDA kernel has been checked on real
-hardware. Same outputs and tie rules as the native kernel, with one documented difference: a
-positive's score comes from its own dot product, so its rounding can differ from the chunked
-matmul's; the positive itself is never counted above itself, and near-ties within that rounding
-may be ranked differently from the native kernel (exact on integer-valued data).
+hardware. Same outputs and tie rules as the native kernel. For PQ indexes the scores are the
+kernel's to the bit. For flat indexes a positive's score comes from its own dot product, so its
+rounding can differ from the chunked matmul's: the positive itself is never counted above itself,
+but near-ties within that rounding may be ranked differently from the native kernel (exact on
+integer-valued data).
 """
 from __future__ import annotations
 
@@ -53,19 +54,56 @@ def pair_weights(ids: torch.Tensor, pos_query: torch.Tensor, pos_ids: torch.Tens
     return w.masked_fill(blocked, 0.0)
 
 
+class FlatChunkScorer:
+    """Inner products with a [N, d] float32/float16 matrix."""
+
+    def __init__(self, queries: torch.Tensor, docs: torch.Tensor):
+        self.queries, self.docs = queries, docs
+        self.ntotal = docs.shape[0]
+
+    def chunk(self, start: int, end: int) -> torch.Tensor:
+        return self.queries @ self.docs[start:end].float().T
+
+    def pairs(self, query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (self.queries[query] * self.docs[rows].float()).sum(-1)
+
+
+class PQChunkScorer:
+    """Sums of lookup-table entries luts [B, m, 256] over codes [N, m], added in sub-quantizer
+    order exactly as the native kernel does, so scores and ranks match it bit for bit."""
+
+    def __init__(self, luts: torch.Tensor, codes: torch.Tensor):
+        self.luts, self.codes = luts, codes
+        self.ntotal = codes.shape[0]
+
+    def chunk(self, start: int, end: int) -> torch.Tensor:
+        codes = self.codes[start:end].long()
+        s = torch.zeros(self.luts.shape[0], codes.shape[0], device=self.luts.device)
+        for j in range(codes.shape[1]):
+            s = s + self.luts[:, j, codes[:, j]]
+        return s
+
+    def pairs(self, query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[rows].long()
+        s = torch.zeros(rows.shape[0], device=self.luts.device)
+        for j in range(codes.shape[1]):
+            s = s + self.luts[query, j, codes[:, j]]
+        return s
+
+
 @torch.no_grad()
-def torch_search(queries: torch.Tensor, docs: torch.Tensor, k: int, pos_offsets: torch.Tensor,
-                 pos_ids: torch.Tensor, cutoff: int, chunk: int = DEFAULT_CHUNK) -> SearchResult:
-    """Validated inputs on one device: queries [B, d] float32, docs [N, d] float32/float16."""
-    B, N, dev = queries.shape[0], docs.shape[0], queries.device
+def torch_search(scorer, B: int, k: int, pos_offsets: torch.Tensor, pos_ids: torch.Tensor, cutoff: int,
+                 chunk: int = DEFAULT_CHUNK) -> SearchResult:
+    """Validated inputs on one device; `scorer` is a FlatChunkScorer or PQChunkScorer."""
+    N, dev = scorer.ntotal, pos_offsets.device
     kept = min(k, N)
     pos_query = torch.repeat_interleave(torch.arange(B, device=dev), pos_offsets.diff())
-    pos_scores = (queries[pos_query] * docs[pos_ids].float()).sum(-1)
+    pos_scores = scorer.pairs(pos_query, pos_ids)
     counts = torch.zeros(pos_ids.shape[0], dtype=torch.int64, device=dev)
     best_s = torch.empty(B, 0, device=dev)
     best_r = torch.empty(B, 0, dtype=torch.int64, device=dev)
     for start in range(0, N, chunk):
-        s = queries @ docs[start:start + chunk].float().T                   # [B, c]
+        s = scorer.chunk(start, min(N, start + chunk))                     # [B, c]
         rows = torch.arange(start, start + s.shape[1], device=dev)
         if pos_ids.numel():
             g, sp, p = s[pos_query], pos_scores[:, None], pos_ids[:, None]
