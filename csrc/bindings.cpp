@@ -12,6 +12,7 @@
 #include "kernels.h"
 #ifdef DRFAST_WITH_CUDA
 #include "cuda/flat_search_cuda.h"
+#include "cuda/pq_search_cuda.h"
 #endif
 
 namespace py = pybind11;
@@ -157,6 +158,29 @@ void flat_search_cuda(uintptr_t queries, int64_t B, int64_t d, uintptr_t docs, i
   py::gil_scoped_release release;
   drfast::flat_search_cuda(in, out, reinterpret_cast<void*>(stream));
 }
+
+void pq_search_cuda(uintptr_t luts, int64_t B, int64_t m, uintptr_t codes, int64_t N, int64_t k,
+                    uintptr_t pos_offsets, uintptr_t pos_ids, int64_t cutoff, uintptr_t ids, uintptr_t scores,
+                    uintptr_t pos_scores, uintptr_t pos_ranks, uintptr_t pair_weights, uintptr_t stream) {
+  SearchInput in;
+  in.B = B;
+  in.d = m;
+  in.N = N;
+  in.k = k;
+  in.pos_offsets = reinterpret_cast<const int64_t*>(pos_offsets);
+  in.pos_ids = reinterpret_cast<const int64_t*>(pos_ids);
+  in.cutoff = cutoff;
+  check_search(in);
+  SearchOutput out;
+  out.ids = reinterpret_cast<int64_t*>(ids);
+  out.scores = reinterpret_cast<float*>(scores);
+  out.pos_scores = reinterpret_cast<float*>(pos_scores);
+  out.pos_ranks = reinterpret_cast<int64_t*>(pos_ranks);
+  out.pair_weights = reinterpret_cast<float*>(pair_weights);
+  py::gil_scoped_release release;
+  drfast::pq_search_cuda(in, reinterpret_cast<const float*>(luts), reinterpret_cast<const uint8_t*>(codes), m, out,
+                         reinterpret_cast<void*>(stream));
+}
 #endif
 
 }  // namespace
@@ -180,6 +204,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("built_with_cuda") = true;
   m.def("cuda_device_available", &drfast::cuda_device_available);
   m.def("flat_search_cuda", &flat_search_cuda);
+  m.def("pq_search_cuda", &pq_search_cuda);
 #else
   m.attr("built_with_cuda") = false;
   m.def("cuda_device_available", []() { return false; });

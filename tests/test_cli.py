@@ -2,6 +2,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from drfast.cli import main
 
 
@@ -20,3 +23,58 @@ def test_demo_small_run_agrees_with_reference(capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "drfast", "info"], capture_output=True, text=True, check=True)
     assert '"simd"' in out.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from tiny import make_tiny_beir, make_tiny_hf_folder
+
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    return dict(model=make_tiny_hf_folder(root / "model"), data=make_tiny_beir(root / "beir", rng, n_docs=300),
+                cache=str(root / "cache"), root=root)
+
+
+@pytest.mark.parametrize("index", ["flat", "pq:4"])
+def test_evaluate_writes_metrics_consistent_with_its_run(tiny_setup, index, capsys):
+    from drfast.data import load_beir
+    from drfast.evaluation import evaluate, read_trec_run
+
+    out = tiny_setup["root"] / f"eval-{index.replace(':', '')}"
+    args = ["evaluate", "--data", tiny_setup["data"], "--split", "test", "--model", tiny_setup["model"],
+            "--index", index, "--cache", tiny_setup["cache"], "--output", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["metrics"]) == {"nDCG@10", "MRR@10", "MRR@100", "R@100"}
+    assert report["config"]["index"] == index and "encode_corpus_s" in report["timings"]
+    # The metrics are pytrec_eval's on the run file that was written.
+    official = evaluate(read_trec_run(out / "run.trec"), load_beir(tiny_setup["data"], "test").qrels)
+    for name, value in report["metrics"].items():
+        assert value == pytest.approx(official[name], abs=1e-12)
+    assert "nDCG@10" in capsys.readouterr().out
+
+
+def test_index_command_saves_a_loadable_index(tiny_setup):
+    import drfast
+
+    out = tiny_setup["root"] / "idx"
+    assert main(["index", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "pq:8",
+                 "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    index = drfast.load_index(out)
+    assert isinstance(index, drfast.PQIndex) and index.ntotal == 300 and index.m == 8
+
+
+def test_search_writes_a_trec_run(tiny_setup):
+    from drfast.evaluation import read_trec_run
+
+    out = tiny_setup["root"] / "search"
+    assert main(["search", "--data", tiny_setup["data"], "--split", "train", "--model", tiny_setup["model"],
+                 "--cache", tiny_setup["cache"], "--k", "7", "--output", str(out)]) == 0
+    run = read_trec_run(out / "run.trec")
+    assert len(run) == 12 and all(len(docs) == 7 for docs in run.values())
+
+
+def test_bad_index_spec_is_a_clear_error(tiny_setup):
+    with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M' or 'opq:M'"):
+        main(["evaluate", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "ivf",
+              "--cache", tiny_setup["cache"], "--output", str(tiny_setup["root"] / "bad")])

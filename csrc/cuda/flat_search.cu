@@ -15,47 +15,24 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cub/device/device_segmented_sort.cuh>
-
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
+#include "cuda/fused_common.cuh"
+
 namespace drfast {
 namespace {
 
-constexpr int kTQ = 32;            // queries per scan block
-constexpr int kTR = 64;            // doc rows per scan block (one tile)
-constexpr int kTD = 32;            // slice of the d features staged per step
-constexpr int kScanThreads = 256;  // 16 x 16 threads, 2 x 4 scores each
-constexpr int kThreads = 256;      // every other kernel
-constexpr int64_t kKeyBudget = int64_t(1) << 23;   // keys per scratch buffer (64 MiB)
-constexpr int64_t kMaxSegment = int64_t(1) << 17;  // keys per query per merge
-constexpr int64_t kMaxQueryBatch = int64_t(1) << 20;  // keeps grid.y small
-constexpr int64_t kMaxRows = int64_t(0xFFFFFFFEu);   // row ids live in 32 key bits
-constexpr uint64_t kEmptyKey = ~uint64_t(0);          // sorts after every real key
+// kTQ x kTR tiles, kScanThreads, keys, merge and output kernels: fused_common.cuh.
+constexpr int kTD = 32;  // slice of the d features staged per step
 
-static_assert(kTR % 32 == 0, "rank counting uses whole warps per tile row");
 static_assert(kScanThreads == 256 && kTQ == 32 && kTR == 64, "micro-tile mapping");
-static_assert(sizeof(unsigned long long) == sizeof(int64_t), "atomicAdd on ranks");
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("drfast CUDA: ") + what + " failed: " +
-                             cudaGetErrorString(err));
-}
+constexpr const char* kWho = "flat_search";
 
-void invalid(const std::string& msg) {
-  throw std::invalid_argument("drfast CUDA flat_search: " + msg);
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Blocks for a grid-stride loop over n items.
-unsigned grid_for(int64_t n) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, kThreads), 1), 65535));
-}
+void invalid(const std::string& msg) { invalid_input(kWho, msg); }
 
 // ---------------------------------------------------------------- device --
 
@@ -75,23 +52,6 @@ __device__ float dot_row(const float* q, const DocT* x, int64_t d) {
   float acc = 0.0f;
   for (int64_t i = 0; i < d; ++i) acc = score_step(acc, q[i], to_float(x[i]));
   return acc;
-}
-
-// Ascending key order == score descending, then row ascending.
-__device__ __forceinline__ uint64_t make_key(float s, int64_t row) {
-  uint32_t u = (s == 0.0f) ? 0u : __float_as_uint(s);  // -0 and +0 must tie
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);       // monotone in s
-  return (uint64_t(~u) << 32) | uint64_t(uint32_t(row));
-}
-
-__device__ __forceinline__ float key_score(uint64_t key) {
-  uint32_t u = ~uint32_t(key >> 32);
-  u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-  return __uint_as_float(u);
-}
-
-__device__ __forceinline__ float reciprocal_rank(int64_t r, int64_t cutoff) {
-  return r <= cutoff ? __fdiv_rn(1.0f, float(r)) : 0.0f;
 }
 
 template <typename DocT>
@@ -169,142 +129,16 @@ scan_kernel(const float* __restrict__ queries, const DocT* __restrict__ docs, in
     }
   __syncthreads();
 
-  // Ranks: one warp per query; ballot + popc reduces before the atomic.
-  const int warp = tid / 32, lane = tid % 32;
-  for (int q = warp; q < kTQ && q0 + q < nq; q += kScanThreads / 32) {
-    const int64_t b = b0 + q0 + q;
-    const int64_t end = pos_offsets[b + 1];
-    for (int64_t i = pos_offsets[b]; i < end; ++i) {
-      const int64_t p = pos_ids[i];
-      const float sp = pos_scores[i];
-      unsigned count = 0;
-      for (int r = lane; r < kTR; r += 32) {
-        const int64_t row = r0 + r;
-        const float s = ss[q][r];
-        const bool beats = row < N && (s > sp || (s == sp && row < p));
-        count += __popc(__ballot_sync(0xffffffffu, beats));
-      }
-      if (lane == 0 && count > 0) atomicAdd(pos_ranks + i, (unsigned long long)count);
-    }
-  }
-
-  // Tile-local selection: a key's position in the sorted tile is the number
-  // of keys before it (index breaks ties between empty keys), so the slots
-  // [0, kk) are each written exactly once, already sorted.
-  for (int e = tid; e < kTQ * kTR; e += kScanThreads) {
-    const int q = e / kTR, r = e % kTR;
-    if (q0 + q >= nq) break;  // e only grows, so every later q is out too
-    const uint64_t key = ks[q][r];
-    int pos = 0;
-    for (int j = 0; j < kTR; ++j) {
-      const uint64_t other = ks[q][j];
-      pos += (other < key || (other == key && j < r)) ? 1 : 0;
-    }
-    if (pos < kk) cand[(q0 + q) * stride + k + int64_t(blockIdx.x) * kk + pos] = key;
-  }
-}
-
-__global__ void fill_kernel(uint64_t* dst, int64_t n, uint64_t value) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
-       e += int64_t(gridDim.x) * blockDim.x)
-    dst[e] = value;
-}
-
-// Moves the running top-k of each query into the layout of the next chunk.
-__global__ void copy_running_kernel(const uint64_t* src, int64_t src_stride, uint64_t* dst,
-                                    int64_t dst_stride, int64_t nq, int k) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < nq * k;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t bl = e / k, j = e % k;
-    dst[bl * dst_stride + j] = src[bl * src_stride + j];
-  }
-}
-
-__global__ void offsets_kernel(int64_t* offsets, int64_t nq, int64_t stride) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e <= nq;
-       e += int64_t(gridDim.x) * blockDim.x)
-    offsets[e] = e * stride;
-}
-
-__global__ void write_topk_kernel(const uint64_t* src, int64_t stride, int64_t nq, int k,
-                                  int64_t* ids, float* scores) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < nq * k;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const uint64_t key = src[(e / k) * stride + e % k];
-    const bool empty = key == kEmptyKey;
-    ids[e] = empty ? int64_t(-1) : int64_t(key & 0xFFFFFFFFu);
-    scores[e] = empty ? -INFINITY : key_score(key);
-  }
-}
-
-// One block per query: weight[i, j] = |rr(rank_i) - rr(j + 1)|, 0 for padding
-// and for candidates that are themselves positives of the query.
-__global__ void weights_kernel(int64_t B, int k, int64_t cutoff,
-                               const int64_t* __restrict__ pos_offsets,
-                               const int64_t* __restrict__ pos_ids,
-                               const int64_t* __restrict__ pos_ranks,
-                               const int64_t* __restrict__ ids, float* pair_weights) {
-  __shared__ unsigned char excluded[kCudaMaxK];
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const int64_t p0 = pos_offsets[b], p1 = pos_offsets[b + 1];
-    if (p0 == p1) continue;  // uniform across the block
-    for (int j = threadIdx.x; j < k; j += blockDim.x) {
-      const int64_t id = ids[b * k + j];
-      bool ex = id < 0;
-      for (int64_t i = p0; i < p1 && !ex; ++i) ex = pos_ids[i] == id;
-      excluded[j] = ex ? 1 : 0;
-    }
-    __syncthreads();
-    for (int64_t i = p0; i < p1; ++i) {
-      const float rr_pos = reciprocal_rank(pos_ranks[i], cutoff);
-      for (int j = threadIdx.x; j < k; j += blockDim.x)
-        pair_weights[i * k + j] =
-            excluded[j] ? 0.0f : fabsf(rr_pos - reciprocal_rank(j + 1, cutoff));
-    }
-    __syncthreads();  // before the next query overwrites `excluded`
-  }
+  tile_epilogue(ss, ks, b0, q0, nq, r0, N, pos_offsets, pos_ids, pos_scores, pos_ranks, cand,
+                stride, k, kk, int64_t(blockIdx.x));
 }
 
 // ------------------------------------------------------------------ host --
-
-// Stream-ordered scratch allocation, freed on every exit path.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(cudaStream_t stream) : stream_(stream) {}
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);  // best effort while unwinding
-  }
-  void allocate(size_t bytes) {
-    release();
-    bytes = std::max<size_t>(bytes, 1);
-    check(cudaMallocAsync(&ptr_, bytes, stream_), "cudaMallocAsync");
-    bytes_ = bytes;
-  }
-  void release() {
-    if (!ptr_) return;
-    void* p = ptr_;
-    ptr_ = nullptr;
-    bytes_ = 0;
-    check(cudaFreeAsync(p, stream_), "cudaFreeAsync");
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  cudaStream_t stream_;
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 template <typename DocT>
 void run_search(const SearchInput& in, const SearchOutput& out, int64_t nnz,
                 cudaStream_t stream) {
   const int64_t B = in.B, N = in.N, d = in.d;
-  const int k = int(in.k);
-  const int kk = std::min(k, kTR);
   const auto* docs = static_cast<const DocT*>(in.docs);
   auto* ranks = reinterpret_cast<unsigned long long*>(out.pos_ranks);
 
@@ -314,99 +148,27 @@ void run_search(const SearchInput& in, const SearchOutput& out, int64_t nnz,
     check(cudaGetLastError(), "positives_kernel launch");
   }
 
-  // Scratch: a batch of nq queries, each with a segment of k running keys
-  // followed by T tiles x kk candidates; both buffers hold <= kKeyBudget keys.
-  const int64_t tiles = ceil_div(N, kTR);
-  const int64_t batch = std::min({B, kKeyBudget / (k + kk), kMaxQueryBatch});
-  const int64_t per_query = std::min(kKeyBudget / batch, kMaxSegment);  // >= k + kk
-  const int64_t max_tiles = std::max<int64_t>(1, std::min(tiles, (per_query - k) / kk));
-  const int64_t max_stride = k + max_tiles * kk;
-
-  DeviceBuffer keys(stream), sorted(stream), offsets(stream), temp(stream);
-  keys.allocate(size_t(batch * max_stride) * sizeof(uint64_t));
-  sorted.allocate(size_t(batch * max_stride) * sizeof(uint64_t));
-  offsets.allocate(size_t(batch + 1) * sizeof(int64_t));
-
-  for (int64_t b0 = 0; b0 < B; b0 += batch) {
-    const int64_t nq = std::min(batch, B - b0);
-    // The running top-k lives in `sorted` between chunks; start it empty.
-    fill_kernel<<<grid_for(nq * k), kThreads, 0, stream>>>(sorted.as<uint64_t>(), nq * k,
-                                                          kEmptyKey);
-    check(cudaGetLastError(), "fill_kernel launch");
-    int64_t prev_stride = k;
-    for (int64_t t0 = 0; t0 < tiles; t0 += max_tiles) {
-      const int64_t T = std::min(max_tiles, tiles - t0);
-      const int64_t stride = k + T * kk;
-      copy_running_kernel<<<grid_for(nq * k), kThreads, 0, stream>>>(
-          sorted.as<uint64_t>(), prev_stride, keys.as<uint64_t>(), stride, nq, k);
-      check(cudaGetLastError(), "copy_running_kernel launch");
-      offsets_kernel<<<grid_for(nq + 1), kThreads, 0, stream>>>(offsets.as<int64_t>(), nq,
-                                                               stride);
-      check(cudaGetLastError(), "offsets_kernel launch");
-
-      const dim3 grid(unsigned(T), unsigned(ceil_div(nq, kTQ)));
-      scan_kernel<DocT><<<grid, kScanThreads, 0, stream>>>(
-          in.queries, docs, d, N, b0, nq, t0 * kTR, in.pos_offsets, in.pos_ids, out.pos_scores,
-          ranks, keys.as<uint64_t>(), stride, k, kk);
-      check(cudaGetLastError(), "scan_kernel launch");
-
-      // Merge: sort each query's segment (running + candidates) ascending by key.
-      const int64_t* off = offsets.as<int64_t>();
-      size_t temp_bytes = 0;
-      check(cub::DeviceSegmentedSort::SortKeys(nullptr, temp_bytes, keys.as<uint64_t>(),
-                                               sorted.as<uint64_t>(), nq * stride, nq, off,
-                                               off + 1, stream),
-            "cub::DeviceSegmentedSort::SortKeys (size query)");
-      if (temp.bytes() < temp_bytes) temp.allocate(temp_bytes);
-      temp_bytes = temp.bytes();
-      check(cub::DeviceSegmentedSort::SortKeys(temp.as<void>(), temp_bytes, keys.as<uint64_t>(),
-                                               sorted.as<uint64_t>(), nq * stride, nq, off,
-                                               off + 1, stream),
-            "cub::DeviceSegmentedSort::SortKeys");
-      prev_stride = stride;
-    }
-    write_topk_kernel<<<grid_for(nq * k), kThreads, 0, stream>>>(
-        sorted.as<uint64_t>(), prev_stride, nq, k, out.ids + b0 * k, out.scores + b0 * k);
-    check(cudaGetLastError(), "write_topk_kernel launch");
-  }
-
-  if (in.cutoff > 0 && nnz > 0) {
-    weights_kernel<<<unsigned(std::min<int64_t>(B, 65535)), kThreads, 0, stream>>>(
-        B, k, in.cutoff, in.pos_offsets, in.pos_ids, out.pos_ranks, out.ids, out.pair_weights);
-    check(cudaGetLastError(), "weights_kernel launch");
-  }
-
-  temp.release();
-  offsets.release();
-  sorted.release();
-  keys.release();
+  run_fused_topk(in, out, nnz, stream,
+                 [&](dim3 grid, int64_t b0, int64_t nq, int64_t row_begin, uint64_t* cand,
+                     int64_t stride, int k, int kk) {
+                   scan_kernel<DocT><<<grid, kScanThreads, 0, stream>>>(
+                       in.queries, docs, d, N, b0, nq, row_begin, in.pos_offsets, in.pos_ids,
+                       out.pos_scores, ranks, cand, stride, k, kk);
+                   check(cudaGetLastError(), "scan_kernel launch");
+                 });
 }
 
 }  // namespace
 
 void flat_search_cuda(const SearchInput& in, const SearchOutput& out, void* stream_ptr) {
   if (in.B < 0 || in.N < 0 || in.d < 0) invalid("B, N and d must be non-negative");
-  if (in.k < 1 || in.k > kCudaMaxK)
-    invalid("k must be in [1, " + std::to_string(kCudaMaxK) + "] (got " +
-            std::to_string(in.k) + ")");
-  if (in.N > kMaxRows) invalid("N must be at most " + std::to_string(kMaxRows));
-  if (!in.pos_offsets) invalid("pos_offsets must not be null");
+  check_common_args(in, kWho);
   if (in.B == 0) return;  // nothing to compute or write
   if (!in.queries && in.d > 0) invalid("queries must not be null");
   if (!in.docs && in.N > 0 && in.d > 0) invalid("docs must not be null");
-  if (!out.ids || !out.scores) invalid("ids and scores must not be null");
 
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  int64_t nnz = 0;
-  check(cudaMemcpyAsync(&nnz, in.pos_offsets + in.B, sizeof(int64_t), cudaMemcpyDeviceToHost,
-                        stream),
-        "cudaMemcpyAsync(pos_offsets[B])");
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  if (nnz < 0) invalid("pos_offsets[B] must be non-negative");
-  if (nnz > 0 && (!in.pos_ids || !out.pos_scores || !out.pos_ranks))
-    invalid("pos_ids, pos_scores and pos_ranks must not be null when there are positives");
-  if (nnz > 0 && in.cutoff > 0 && !out.pair_weights)
-    invalid("pair_weights must not be null when cutoff > 0");
+  const int64_t nnz = check_outputs_and_count_positives(in, out, stream, kWho);
 
   if (in.docs_fp16)
     run_search<__half>(in, out, nnz, stream);

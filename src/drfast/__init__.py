@@ -7,7 +7,25 @@ from .pq_index import PQIndex
 from .results import SearchResult
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads", "build_info"]
+
+# Loaded on first use: importing transformers or pytrec_eval costs seconds that the search does not need.
+_LAZY = {
+    "Encoder": "encoders", "BiEncoder": "encoders", "save_encoder": "encoders", "resolve_model": "encoders",
+    "encode_corpus": "corpus_encoding", "Corpus": "data", "load_beir": "data", "load_msmarco": "data",
+    "evaluate": "evaluation", "write_trec_run": "evaluation", "paired_ttest": "evaluation",
+    "metrics_from_ranks": "evaluation", "build_index": "retrieval", "retrieve": "retrieval",
+    "evaluate_model": "retrieval",
+}
+__all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads",
+           "build_info", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'drfast' has no attribute {name!r}")
 
 
 def set_num_threads(n: int) -> None:

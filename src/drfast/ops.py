@@ -232,8 +232,6 @@ def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: A
     on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
     queries, k, cutoff, (offsets, ids), backend = _prepare(queries, index.dim, N, k, positives, cutoff,
                                                            backend, on_cuda)
-    if backend == "cuda":
-        raise ValueError("backend: the CUDA kernel covers flat indexes only so far; use 'torch' for a PQ index on GPU")
     B = queries.shape[0]
     device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
     luts = index.lookup_tables(_as_tensor(queries).to(device))
@@ -243,7 +241,10 @@ def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: A
                              B, k, offsets, ids, cutoff)
     else:
         off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
-        result = torch_search(PQChunkScorer(luts, _as_tensor(codes)), B, k, off_t, ids_t, cutoff)
+        if backend == "torch":
+            result = torch_search(PQChunkScorer(luts, _as_tensor(codes)), B, k, off_t, ids_t, cutoff)
+        else:
+            result = _cuda_pq_search(luts, codes.contiguous(), k, off_t, ids_t, cutoff)
     return _finish(result, min(k, N), queries)
 
 
@@ -255,19 +256,36 @@ def _as_tensor(x: Any) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _cuda_search(q: torch.Tensor, docs: torch.Tensor, k: int, offsets: torch.Tensor, ids: torch.Tensor,
-                 cutoff: int) -> SearchResult:
-    B, nnz, dev = q.shape[0], ids.shape[0], q.device
-    res = SearchResult(
+def _cuda_outputs(B: int, k: int, offsets: torch.Tensor, ids: torch.Tensor, cutoff: int) -> SearchResult:
+    dev, nnz = ids.device, ids.shape[0]
+    return SearchResult(
         ids=torch.full((B, k), _POISON_ID, dtype=torch.int64, device=dev),
         scores=torch.full((B, k), float("nan"), device=dev),
         pos_offsets=offsets, pos_ids=ids,
         pos_scores=torch.full((nnz,), float("nan"), device=dev),
         pos_ranks=torch.full((nnz,), _POISON_ID, dtype=torch.int64, device=dev),
         pair_weights=torch.full((nnz, k), float("nan"), device=dev) if cutoff else None)
-    stream = torch.cuda.current_stream(dev).cuda_stream
-    _C.flat_search_cuda(q.data_ptr(), B, q.shape[1], docs.data_ptr(), docs.shape[0], docs.dtype == torch.float16, k,
-                        offsets.data_ptr(), ids.data_ptr(), cutoff, res.ids.data_ptr(), res.scores.data_ptr(),
-                        res.pos_scores.data_ptr(), res.pos_ranks.data_ptr(),
-                        res.pair_weights.data_ptr() if cutoff else 0, stream)
+
+
+def _output_pointers(res: SearchResult) -> tuple:
+    return (res.ids.data_ptr(), res.scores.data_ptr(), res.pos_scores.data_ptr(), res.pos_ranks.data_ptr(),
+            res.pair_weights.data_ptr() if res.pair_weights is not None else 0)
+
+
+def _cuda_search(q: torch.Tensor, docs: torch.Tensor, k: int, offsets: torch.Tensor, ids: torch.Tensor,
+                 cutoff: int) -> SearchResult:
+    res = _cuda_outputs(q.shape[0], k, offsets, ids, cutoff)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    _C.flat_search_cuda(q.data_ptr(), q.shape[0], q.shape[1], docs.data_ptr(), docs.shape[0],
+                        docs.dtype == torch.float16, k, offsets.data_ptr(), ids.data_ptr(), cutoff,
+                        *_output_pointers(res), stream)
+    return res
+
+
+def _cuda_pq_search(luts: torch.Tensor, codes: torch.Tensor, k: int, offsets: torch.Tensor, ids: torch.Tensor,
+                    cutoff: int) -> SearchResult:
+    res = _cuda_outputs(luts.shape[0], k, offsets, ids, cutoff)
+    stream = torch.cuda.current_stream(luts.device).cuda_stream
+    _C.pq_search_cuda(luts.data_ptr(), luts.shape[0], luts.shape[1], codes.data_ptr(), codes.shape[0], k,
+                      offsets.data_ptr(), ids.data_ptr(), cutoff, *_output_pointers(res), stream)
     return res

@@ -1,8 +1,11 @@
 """PQIndex: product-quantized document index with faiss-trained codebooks and the fused PQ search."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -14,6 +17,20 @@ from .index import FORMAT_VERSION, _atomic_dir, _check_doc_ids, _read_doc_ids, _
 from .results import SearchResult
 
 KSUB = 256  # 8-bit codes
+
+
+@contextlib.contextmanager
+def _faiss_quiet():
+    """Silence faiss's C++ stderr (its clustering prints warnings on its own) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class PQIndex:
@@ -63,16 +80,20 @@ class PQIndex:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, max_train), replace=False))
         train_x = np.ascontiguousarray(emb[sample], dtype=np.float32)
+        if len(sample) < 39 * KSUB:
+            warnings.warn(f"PQ codebooks trained on {len(sample)} rows; faiss recommends at least {39 * KSUB} "
+                          "(39 per centroid), so expect a larger quantization loss", stacklevel=2)
         rotation = None
-        if opq:
-            opq_matrix = faiss.OPQMatrix(d, m)
-            opq_matrix.verbose = False
-            opq_matrix.train(train_x)
-            rotation = faiss.vector_to_array(opq_matrix.A).reshape(d, d).astype(np.float32)
-            train_x = train_x @ rotation.T
-        pq = faiss.ProductQuantizer(d, m, nbits)
-        pq.cp.seed = seed
-        pq.train(np.ascontiguousarray(train_x))
+        with _faiss_quiet():  # faiss prints that same advice once per sub-quantizer
+            if opq:
+                opq_matrix = faiss.OPQMatrix(d, m)
+                opq_matrix.verbose = False
+                opq_matrix.train(train_x)
+                rotation = faiss.vector_to_array(opq_matrix.A).reshape(d, d).astype(np.float32)
+                train_x = train_x @ rotation.T
+            pq = faiss.ProductQuantizer(d, m, nbits)
+            pq.cp.seed = seed
+            pq.train(np.ascontiguousarray(train_x))
         centroids = faiss.vector_to_array(pq.centroids).reshape(m, KSUB, d // m)
         codes = np.empty((n, m), np.uint8)
         for i in range(0, n, 65536):  # chunked: the float32 copy of one chunk at a time

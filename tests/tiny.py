@@ -1,0 +1,51 @@
+"""Tiny random models and collections for tests that need an encoder or a BEIR folder."""
+import json
+import os
+import string
+
+import torch
+
+WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "retrieval", "dense", "query", "document"]
+
+
+def make_tiny_hf_folder(folder, seed=0, max_position_embeddings=512):
+    """A random 2-layer, 32-d BERT and a WordPiece vocab that covers any lowercase ASCII text."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(folder, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(string.ascii_lowercase)
+    vocab += ["##" + c for c in string.ascii_lowercase] + list(string.digits + string.punctuation)
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(os.path.join(folder, "vocab.txt"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=max_position_embeddings)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def make_tiny_beir(folder, rng, n_docs=60, n_queries=12, splits=("train", "test")):
+    """A BEIR folder of random word sequences; each query has 1-2 relevant docs (grade 1 or 2)
+    and some judged non-relevant ones (grade 0)."""
+    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+
+    def words(n):
+        return " ".join(rng.choice(WORDS, size=n))
+
+    with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
+        for i in range(n_docs):
+            f.write(json.dumps({"_id": f"d{i}", "title": words(2), "text": words(int(rng.integers(3, 15)))}) + "\n")
+    with open(os.path.join(folder, "queries.jsonl"), "w") as f:
+        for i in range(n_queries * len(splits)):
+            f.write(json.dumps({"_id": f"q{i}", "text": words(int(rng.integers(2, 6)))}) + "\n")
+    for s, split in enumerate(splits):
+        with open(os.path.join(folder, "qrels", f"{split}.tsv"), "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for i in range(s * n_queries, (s + 1) * n_queries):
+                docs = rng.choice(n_docs, size=4, replace=False)
+                grades = [int(rng.integers(1, 3)), int(rng.integers(0, 2)), 0, 0]
+                for d, g in zip(docs, grades):
+                    f.write(f"q{i}\td{d}\t{g}\n")
+    return str(folder)
