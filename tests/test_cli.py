@@ -14,8 +14,8 @@ def test_info_prints_build(capsys):
     assert info["simd"] in info["simd_supported"] and info["threads"] >= 1
 
 
-def test_demo_small_run_agrees_with_reference(capsys):
-    assert main(["demo", "--n", "3000", "--dim", "40", "--batch", "5", "--k", "20", "--dtype", "float16"]) == 0
+def test_check_small_run_agrees_with_reference(capsys):
+    assert main(["check", "--n", "3000", "--dim", "40", "--batch", "5", "--k", "20", "--dtype", "float16"]) == 0
     out = capsys.readouterr().out
     assert "fused native search" in out and "agreeing with the reference: 100.00%" in out
 
@@ -78,3 +78,29 @@ def test_bad_index_spec_is_a_clear_error(tiny_setup):
     with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M' or 'opq:M'"):
         main(["evaluate", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "ivf",
               "--cache", tiny_setup["cache"], "--output", str(tiny_setup["root"] / "bad")])
+
+
+def test_demo_runs_adore_on_flat_and_pq(tiny_setup, capsys):
+    out = tiny_setup["root"] / "demo"
+    assert main(["demo", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--pq", "4", "--epochs", "1",
+                 "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ADORE trained on pq:4" in text and "zero-shot" in text
+    for sub in ("flat", "pq4"):
+        report = json.loads((out / sub / "metrics.json").read_text())
+        assert set(report) >= {"before", "after", "config", "timings"}
+        assert (out / sub / "query_encoder" / "modules.json").is_file()
+
+
+def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch):
+    import urllib.request
+
+    from drfast import demo
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="Pass a local BEIR folder with --data"):
+        demo.find_scifact(None, tmp_path / "cache")

@@ -20,6 +20,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.data, args.model, args.output, args.pq, args.cache, args.epochs, args.seed)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
     """Build information, then one fused search on random data checked against the torch path."""
     import drfast
 
@@ -121,6 +128,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adore(args: argparse.Namespace) -> int:
+    from .adore import AdoreConfig, run_adore
+
+    config = AdoreConfig(k=args.k, cutoff=args.cutoff, score_scale=args.score_scale, lr=args.lr,
+                         batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
+                         max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
+                         only_if_unretrieved=args.only_if_unretrieved, normalizer=args.normalizer, amp=args.amp,
+                         seed=args.seed,
+                         eval_every=args.eval_every)
+    report = run_adore(args.data, args.model, args.output, args.index, args.train_split, args.eval_split, config,
+                       args.cache, args.dtype, _encoder_options(args), args.index_seed, args.resume,
+                       args.also_evaluate_on)
+    _print_table(f"ADORE on {args.index} ({args.eval_split} split)", {"before": report["before"],
+                                                                      "after": report["after"]})
+    print(f"query encoder, metrics.json and the run log in {args.output}/")
+    return 0
+
+
+def _print_table(title: str, rows: dict) -> None:
+    names = list(next(iter(rows.values())))
+    print(title)
+    print(f"  {'':<28}" + "".join(f"{n:>10}" for n in names))
+    for label, metrics in rows.items():
+        print(f"  {label:<28}" + "".join(f"{metrics[n]:>10.4f}" for n in names))
+
+
 def _add_model_args(p: argparse.ArgumentParser, with_query_model: bool = True) -> None:
     p.add_argument("--data", required=True, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--model", required=True,
@@ -148,14 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print what this build can do (SIMD, threads, CUDA)").set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="build info and a fused search on random data")
-    demo.add_argument("--n", type=int, default=200_000, help="corpus rows (default 200000)")
-    demo.add_argument("--dim", type=int, default=768)
-    demo.add_argument("--batch", type=int, default=32)
-    demo.add_argument("--k", type=int, default=200)
-    demo.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    demo = sub.add_parser("demo", help="ADORE on SciFact with all-MiniLM-L6-v2: before/after on flat and PQ")
+    demo.add_argument("--data", default=None, help="a BEIR folder (default: ../shared/data/scifact, else BEIR's "
+                                                   "download of scifact)")
+    demo.add_argument("--model", default="all-MiniLM-L6-v2")
+    demo.add_argument("--output", default="drfast-demo")
+    demo.add_argument("--pq", type=int, default=48, help="sub-vectors of the PQ index (default 48)")
+    demo.add_argument("--epochs", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cache", default=None)
     demo.set_defaults(func=_demo)
+
+    check = sub.add_parser("check", help="build info and a fused search on random data against the torch path")
+    check.add_argument("--n", type=int, default=200_000, help="corpus rows (default 200000)")
+    check.add_argument("--dim", type=int, default=768)
+    check.add_argument("--batch", type=int, default=32)
+    check.add_argument("--k", type=int, default=200)
+    check.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=_check)
 
     enc = sub.add_parser("encode", help="encode a BEIR corpus with a model (cached, resumable)")
     _add_model_args(enc, with_query_model=False)
@@ -166,6 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--index", default="flat", help="flat | pq:M | opq:M (default flat)")
     idx.add_argument("--output", required=True, help="folder to write the index to")
     idx.set_defaults(func=_index)
+
+    adore = sub.add_parser("adore", help="train the query encoder with ADORE against a fixed flat or PQ index")
+    _add_model_args(adore, with_query_model=False)
+    adore.set_defaults(batch_size=32)
+    adore.add_argument("--train-split", default="train")
+    adore.add_argument("--eval-split", default="test")
+    adore.add_argument("--index", default="flat", help="flat | pq:M | opq:M: the index trained against")
+    adore.add_argument("--output", required=True)
+    adore.add_argument("--k", type=int, default=200, help="retrieved candidates per query (default 200)")
+    adore.add_argument("--cutoff", type=int, default=10, help="ΔMRR weights at MRR@cutoff (default 10)")
+    adore.add_argument("--score-scale", type=float, default=None,
+                       help="scores are multiplied by this in the loss (default: 20 for normalised models, else 1)")
+    adore.add_argument("--lr", type=float, default=4e-5)
+    adore.add_argument("--epochs", type=int, default=4)
+    adore.add_argument("--max-steps", type=int, default=0)
+    adore.add_argument("--grad-accum", type=int, default=1)
+    adore.add_argument("--warmup-ratio", type=float, default=0.1)
+    adore.add_argument("--eval-every", type=int, default=0, help="evaluate on the eval split every N steps")
+    adore.add_argument("--only-if-unretrieved", action="store_true",
+                       help="the reference code's rule: unretrieved positives only when no positive is retrieved")
+    adore.add_argument("--normalizer", choices=["pairs", "nonzero"], default="pairs",
+                       help="divide each query's loss by all its pairs (the reference code) or the nonzero-weight ones")
+    adore.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    adore.add_argument("--index-seed", type=int, default=0, help="PQ training seed")
+    adore.add_argument("--also-evaluate-on", nargs="*", default=[], metavar="SPEC",
+                       help="also evaluate before/after on these index specs (e.g. pq:48)")
+    adore.add_argument("--resume", action="store_true", help="continue an interrupted run in OUTPUT")
+    adore.set_defaults(func=_adore)
 
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
                              ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):
