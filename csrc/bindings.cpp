@@ -133,6 +133,17 @@ void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_off
 }
 
 #ifdef DRFAST_WITH_CUDA
+SearchOutput device_outputs(uintptr_t ids, uintptr_t scores, uintptr_t pos_scores, uintptr_t pos_ranks,
+                            uintptr_t pair_weights) {
+  SearchOutput out;
+  out.ids = reinterpret_cast<int64_t*>(ids);
+  out.scores = reinterpret_cast<float*>(scores);
+  out.pos_scores = reinterpret_cast<float*>(pos_scores);
+  out.pos_ranks = reinterpret_cast<int64_t*>(pos_ranks);
+  out.pair_weights = reinterpret_cast<float*>(pair_weights);
+  return out;
+}
+
 // Device pointers come from torch tensors (tensor.data_ptr()); shapes are checked in ops.py.
 void flat_search_cuda(uintptr_t queries, int64_t B, int64_t d, uintptr_t docs, int64_t N, bool docs_fp16, int64_t k,
                       uintptr_t pos_offsets, uintptr_t pos_ids, int64_t cutoff, uintptr_t ids, uintptr_t scores,
@@ -149,12 +160,7 @@ void flat_search_cuda(uintptr_t queries, int64_t B, int64_t d, uintptr_t docs, i
   in.pos_ids = reinterpret_cast<const int64_t*>(pos_ids);
   in.cutoff = cutoff;
   check_search(in);
-  SearchOutput out;
-  out.ids = reinterpret_cast<int64_t*>(ids);
-  out.scores = reinterpret_cast<float*>(scores);
-  out.pos_scores = reinterpret_cast<float*>(pos_scores);
-  out.pos_ranks = reinterpret_cast<int64_t*>(pos_ranks);
-  out.pair_weights = reinterpret_cast<float*>(pair_weights);
+  const SearchOutput out = device_outputs(ids, scores, pos_scores, pos_ranks, pair_weights);
   py::gil_scoped_release release;
   drfast::flat_search_cuda(in, out, reinterpret_cast<void*>(stream));
 }
@@ -171,12 +177,7 @@ void pq_search_cuda(uintptr_t luts, int64_t B, int64_t m, uintptr_t codes, int64
   in.pos_ids = reinterpret_cast<const int64_t*>(pos_ids);
   in.cutoff = cutoff;
   check_search(in);
-  SearchOutput out;
-  out.ids = reinterpret_cast<int64_t*>(ids);
-  out.scores = reinterpret_cast<float*>(scores);
-  out.pos_scores = reinterpret_cast<float*>(pos_scores);
-  out.pos_ranks = reinterpret_cast<int64_t*>(pos_ranks);
-  out.pair_weights = reinterpret_cast<float*>(pair_weights);
+  const SearchOutput out = device_outputs(ids, scores, pos_scores, pos_ranks, pair_weights);
   py::gil_scoped_release release;
   drfast::pq_search_cuda(in, reinterpret_cast<const float*>(luts), reinterpret_cast<const uint8_t*>(codes), m, out,
                          reinterpret_cast<void*>(stream));

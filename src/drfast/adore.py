@@ -168,13 +168,17 @@ class AdoreTrainer:
         return torch.autocast(device, dtype=torch.bfloat16 if self.config.amp == "bf16" else torch.float16)
 
     def _micro_batch(self, qids: Sequence[str]) -> dict:
+        t0 = time.perf_counter()
         with self._autocast():
             q = self.encoder([self.queries[qid] for qid in qids])
+        t1 = time.perf_counter()
         loss, info = adore_batch_loss(q.float(), self.index, [self.rows[qid] for qid in qids], self.config.k,
                                       self.config.cutoff, self.scale, self.config.only_if_unretrieved,
                                       self.config.normalizer)
+        t2 = time.perf_counter()
         self.scaler.scale(loss / self.config.grad_accum).backward()
-        return dict(info, loss=float(loss.detach()))
+        # search + gather + loss: the part drfast owns (its backward is folded into the encoder's)
+        return dict(info, loss=float(loss.detach()), nonencoder_s=t2 - t1, micro_s=time.perf_counter() - t0)
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -215,11 +219,14 @@ class AdoreTrainer:
             end_of_epoch = self.micro % self.batches_per_epoch == 0
             if len(window) < c.grad_accum and not end_of_epoch:
                 continue
+            t_opt = time.perf_counter()
             self._optimizer_step()
+            step_s = sum(w["micro_s"] for w in window) + time.perf_counter() - t_opt
             record = {"step": self.step, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
                       "loss": float(np.mean([w["loss"] for w in window])),
                       "mrr10": float(np.mean([w["mrr10"] for w in window])),
-                      "pairs": float(np.sum([w["pairs"] for w in window]))}
+                      "pairs": float(np.sum([w["pairs"] for w in window])),
+                      "step_s": step_s, "nonencoder_share": sum(w["nonencoder_s"] for w in window) / step_s}
             window = []
             rate = (self.step - first_step) / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{record['loss']:.4f}", mrr10=f"{record['mrr10']:.3f}", steps_s=f"{rate:.2f}")
@@ -322,6 +329,9 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     t0 = time.perf_counter()
     trainer.train(resume=resume)
     timings["train_s"] = round(time.perf_counter() - t0, 3)
+    shares = [r["nonencoder_share"] for r in trainer.history if "nonencoder_share" in r]
+    if shares:  # search + gather + loss as a share of the whole step (encoder, backward, optimizer)
+        timings["nonencoder_share_of_step"] = round(float(np.mean(shares)), 4)
     t0 = time.perf_counter()
     after = evaluate_on(index)
     after_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}

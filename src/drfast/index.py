@@ -65,9 +65,9 @@ class FlatIndex:
         rows_np = ops._as_int64_vector(rows, "rows")
         if rows_np.size and (rows_np.min() < 0 or rows_np.max() >= self.ntotal):
             raise ValueError(f"rows: ids must be in [0, {self.ntotal})")
-        if isinstance(self.emb, torch.Tensor):
-            return self.emb[torch.from_numpy(rows_np).to(self.emb.device)].float()
-        return torch.from_numpy(np.asarray(self.emb[rows_np], dtype=np.float32))
+        # A zero-copy torch view of numpy rows (memmaps too): torch's gather is multi-threaded.
+        emb = self.emb if isinstance(self.emb, torch.Tensor) else ops._as_tensor(self.emb)
+        return emb[torch.from_numpy(rows_np).to(emb.device)].float()
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
                backend: Optional[str] = None) -> SearchResult:
