@@ -127,3 +127,29 @@ def test_bad_configurations_are_clear_errors(rng, tiny_model):
         AdoreTrainer(encoder, wrong_dim, queries, positives, AdoreConfig(k=10))
     with pytest.raises(ValueError, match="amp: expected"):
         AdoreTrainer(encoder, index, queries, positives, AdoreConfig(k=10, amp="int8"))
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_group(rng, tiny_model):
+    index, queries, positives = synthetic_task(rng)
+    config = AdoreConfig(k=20, batch_size=4, grad_accum=2, epochs=1)
+    trainer = AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives, config)
+    history = trainer.train()
+    assert trainer.micro == 4 and trainer.step == 2 and len(history) == 2
+    assert all(0 < h["nonencoder_share"] < 1 for h in history)
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(rng, tiny_model, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    index, queries, positives = synthetic_task(rng)
+    with pytest.raises(ValueError, match="tensorboard: logging to TensorBoard needs"):
+        AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives,
+                     AdoreConfig(k=10, tensorboard=True), tmp_path)

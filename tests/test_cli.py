@@ -104,3 +104,19 @@ def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="Pass a local BEIR folder with --data"):
         demo.find_scifact(None, tmp_path / "cache")
+
+
+def test_adore_then_evaluate_with_the_trained_query_model(tiny_setup):
+    out = tiny_setup["root"] / "adore"
+    assert main(["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "flat",
+                 "--epochs", "2", "--k", "50", "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["config"]["k"] == 50 and report["timings"]["train_s"] > 0
+    # The saved query encoder, evaluated against the original document index, reproduces "after".
+    ev = tiny_setup["root"] / "adore-eval"
+    assert main(["evaluate", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--query-model",
+                 str(out / "query_encoder"), "--index", "flat", "--cache", tiny_setup["cache"],
+                 "--output", str(ev)]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())["metrics"]
+    for name, value in report["after"].items():
+        assert metrics[name] == pytest.approx(value, abs=1e-9)

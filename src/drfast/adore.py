@@ -48,6 +48,7 @@ class AdoreConfig:
     save_every: int = 50              # checkpoint every N optimizer steps (and at the end)
     eval_every: int = 0               # call the evaluation hook every N optimizer steps (0: never)
     log_every: int = 1
+    tensorboard: bool = False         # also log to OUTPUT/run/tensorboard (needs the tensorboard package)
 
     def check(self) -> None:
         for name in ("k", "cutoff", "batch_size", "grad_accum", "epochs", "save_every", "log_every"):
@@ -156,6 +157,13 @@ class AdoreTrainer:
         self.optimizer = torch.optim.AdamW(query_encoder.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = _linear_schedule(self.optimizer, int(c.warmup_ratio * self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and query_encoder.device.type == "cuda")
+        self.writer = None
+        if self.config.tensorboard and self.output_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("tensorboard: logging to TensorBoard needs `pip install tensorboard`") from e
+            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         self.step = 0          # optimizer steps done
         self.micro = 0         # micro-batches done (position in the data order)
         self.history: List[dict] = []
@@ -245,6 +253,10 @@ class AdoreTrainer:
     # ---- run files --------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
         self.history.append(record)
+        if self.writer is not None:
+            for name, value in record.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, record["step"])
         if self.output_dir is not None:
             with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -284,7 +296,8 @@ class AdoreTrainer:
 def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, index_spec: str = "flat",
               train_split: str = "train", eval_split: str = "test", config: Optional[AdoreConfig] = None,
               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encoder_options=None,
-              index_seed: int = 0, resume: bool = False, eval_indexes: Sequence[str] = ()) -> dict:
+              index_seed: int = 0, resume: bool = False, eval_indexes: Sequence[str] = (),
+              device: str = "auto") -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `eval_indexes` adds evaluations of
@@ -311,14 +324,18 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         import copy
 
         query_encoder = copy.deepcopy(query_encoder)
+    if device != "cpu" and torch.cuda.is_available():  # "auto": the GPU when there is one
+        query_encoder.to(device if device != "auto" else "cuda")
+        index = index.to(query_encoder.device)
+    elif device not in ("auto", "cpu"):
+        raise ValueError(f"device: {device!r} asked for but torch sees no CUDA device")
 
     def evaluate_on(idx) -> dict:
         with torch.inference_mode():
             return evaluate(retrieve(idx, query_encoder, test.queries, k=100, show_progress=False), test.qrels)
 
-    extra = {spec: build_index(index.emb if hasattr(index, "emb") else _flat_rows(data_dir, model, cache_dir, dtype,
-                                                                                   encoders), index.doc_ids, spec,
-                               index_seed) for spec in eval_indexes}
+    extra = {spec: build_index(_flat_rows(data_dir, cache_dir, dtype, encoders), index.doc_ids, spec,
+                               index_seed).to(query_encoder.device) for spec in eval_indexes}
     t0 = time.perf_counter()
     before = evaluate_on(index)
     before_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}
@@ -341,6 +358,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     report = {"before": before, "after": after,
               "config": {"data": str(data_dir), "model": model, "index": index_spec, "train_split": train_split,
                          "eval_split": eval_split, "dtype": dtype, "index_seed": index_seed,
+                         "device": str(query_encoder.device),
                          "score_scale_used": trainer.scale, **dataclasses.asdict(config)},
               "timings": timings}
     if extra:
@@ -349,7 +367,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     return report
 
 
-def _flat_rows(data_dir, model, cache_dir, dtype, encoders):
+def _flat_rows(data_dir, cache_dir, dtype, encoders):
     """The cached corpus embeddings (to build other indexes from when training on a PQ index)."""
     from .corpus_encoding import encode_corpus
     from .data import Corpus

@@ -136,10 +136,10 @@ def _adore(args: argparse.Namespace) -> int:
                          max_steps=args.max_steps, warmup_ratio=args.warmup_ratio,
                          only_if_unretrieved=args.only_if_unretrieved, normalizer=args.normalizer, amp=args.amp,
                          seed=args.seed,
-                         eval_every=args.eval_every)
+                         eval_every=args.eval_every, tensorboard=args.tensorboard)
     report = run_adore(args.data, args.model, args.output, args.index, args.train_split, args.eval_split, config,
                        args.cache, args.dtype, _encoder_options(args), args.index_seed, args.resume,
-                       args.also_evaluate_on)
+                       args.also_evaluate_on, args.device)
     _print_table(f"ADORE on {args.index} ({args.eval_split} split)", {"before": report["before"],
                                                                       "after": report["after"]})
     print(f"query encoder, metrics.json and the run log in {args.output}/")
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     adore.add_argument("--also-evaluate-on", nargs="*", default=[], metavar="SPEC",
                        help="also evaluate before/after on these index specs (e.g. pq:48)")
     adore.add_argument("--resume", action="store_true", help="continue an interrupted run in OUTPUT")
+    adore.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU), cpu or cuda[:N]")
+    adore.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/run/tensorboard")
     adore.set_defaults(func=_adore)
 
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
