@@ -120,3 +120,26 @@ def test_adore_then_evaluate_with_the_trained_query_model(tiny_setup):
     metrics = json.loads((ev / "metrics.json").read_text())["metrics"]
     for name, value in report["after"].items():
         assert metrics[name] == pytest.approx(value, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["star", "inbatch", "trisampler"])
+def test_star_command_trains_both_towers(tiny_setup, method):
+    out = tiny_setup["root"] / f"star-{method}"
+    assert main(["star", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--method", method,
+                 "--epochs", "1", "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["config"]["method"] == method and set(report["after"]) == set(report["before"])
+    assert (out / "model" / "query" / "modules.json").is_file() and (out / "model" / "document").is_dir()
+
+
+@pytest.mark.parametrize("source", ["model", "bm25"])
+def test_mine_command_writes_training_examples(tiny_setup, source):
+    pytest.importorskip("bm25s") if source == "bm25" else None
+    from drfast.data import iter_training_examples
+
+    out = tiny_setup["root"] / f"mined-{source}.jsonl"
+    assert main(["mine", "--data", tiny_setup["data"], "--split", "train", "--model", tiny_setup["model"],
+                 "--source", source, "--n", "5", "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    examples = list(iter_training_examples(out))
+    assert examples and all(len(e.negative_ids) <= 5 for e in examples)
+    assert all(not set(e.negative_ids) & set(e.positive_ids) for e in examples)

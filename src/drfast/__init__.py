@@ -15,6 +15,11 @@ _LAZY = {
     "evaluate": "evaluation", "write_trec_run": "evaluation", "paired_ttest": "evaluation",
     "metrics_from_ranks": "evaluation", "build_index": "retrieval", "retrieve": "retrieval",
     "evaluate_model": "retrieval",
+    "AdoreTrainer": "adore", "AdoreConfig": "adore", "run_adore": "adore",
+    "StarTrainer": "star", "StarConfig": "star", "run_star": "star",
+    "TrainingRun": "training", "TrainConfig": "training",
+    "MiningConfig": "mining", "mine_from_index": "mining", "mine_from_bm25": "mining",
+    "TriSamplerConfig": "trisampler", "trisample": "trisampler",
 }
 __all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads",
            "build_info", *_LAZY]

@@ -146,6 +146,52 @@ def _adore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _star(args: argparse.Namespace) -> int:
+    from .star import StarConfig, run_star
+
+    config = StarConfig(method=args.method, n_negatives=args.n_negatives, alpha=args.alpha,
+                        score_scale=args.score_scale, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                        max_steps=args.max_steps, grad_accum=args.grad_accum, amp=args.amp, seed=args.seed,
+                        gradient_checkpointing=args.gradient_checkpointing)
+    report = run_star(args.data, args.model, args.output, args.train_split, args.eval_split, args.negatives, config,
+                      args.cache, args.dtype, _encoder_options(args))
+    _print_table(f"{args.method} ({args.negatives} negatives), {args.eval_split} split",
+                 {"before": report["before"], "after": report["after"]})
+    print(f"both towers, metrics.json and the run log in {args.output}/")
+    return 0
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from .data import load_beir
+    from .encoders import BiEncoder
+    from .mining import MiningConfig, format_statistics, score_statistics, write_mined
+    data = load_beir(args.data, args.split)
+    config = MiningConfig(depth=args.depth, skip=args.skip, n=args.n, sampling=args.sampling,
+                          margin_abs=args.margin_abs, margin_rel=args.margin_rel, seed=args.seed)
+    if args.source == "bm25":
+        from .mining import mine_from_bm25
+
+        mined = mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
+                               {q: data.queries[q] for q in sorted(data.positives)}, data.positives, config)
+    else:
+        encoders = BiEncoder.load(args.model, **_encoder_options(args))
+        from .corpus_encoding import encode_corpus
+        from .index import FlatIndex
+        from .mining import mine_from_index
+        from .retrieval import DEFAULT_CACHE
+
+        emb, doc_ids = encode_corpus(encoders.doc_encoder, data.corpus, Path(args.cache or DEFAULT_CACHE) / "embeddings",
+                                     dtype=args.dtype)
+        qids = sorted(data.positives)
+        q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
+        mined = mine_from_index(FlatIndex(emb, doc_ids), q_emb, qids,
+                                [data.corpus.rows(data.positives[q]).tolist() for q in qids], config, data.corpus)
+    print(format_statistics(score_statistics(mined)))
+    n = write_mined(args.output, data.queries, data.positives, mined, list(data.corpus.doc_ids))
+    print(f"{n} training examples written to {args.output}")
+    return 0
+
+
 def _print_table(title: str, rows: dict) -> None:
     names = list(next(iter(rows.values())))
     print(title)
@@ -240,6 +286,39 @@ def build_parser() -> argparse.ArgumentParser:
     adore.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU), cpu or cuda[:N]")
     adore.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/run/tensorboard")
     adore.set_defaults(func=_adore)
+
+    star = sub.add_parser("star", help="train both towers with STAR or a negative-sampling baseline")
+    _add_model_args(star, with_query_model=False)
+    star.add_argument("--train-split", default="train")
+    star.add_argument("--eval-split", default="test")
+    star.add_argument("--method", choices=["star", "inbatch", "randneg", "static", "trisampler"], default="star")
+    star.add_argument("--negatives", choices=["model", "bm25"], default="model",
+                      help="source of the static hard negatives: the warm-up model's top-200 or BM25")
+    star.add_argument("--n-negatives", type=int, default=1, help="negatives per query in a batch (default 1)")
+    star.add_argument("--alpha", type=float, default=None,
+                      help="alpha * L_random + L_hard (default: one mean over all pairs, as the reference code)")
+    star.add_argument("--score-scale", type=float, default=None)
+    star.add_argument("--lr", type=float, default=4e-5)
+    star.add_argument("--epochs", type=int, default=4)
+    star.add_argument("--max-steps", type=int, default=0)
+    star.add_argument("--grad-accum", type=int, default=1)
+    star.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    star.add_argument("--gradient-checkpointing", action="store_true")
+    star.add_argument("--output", required=True)
+    star.set_defaults(func=_star)
+
+    mine = sub.add_parser("mine", help="mine hard negatives (model or BM25) into Tevatron-style jsonl")
+    _add_model_args(mine, with_query_model=False)
+    mine.add_argument("--split", default="train")
+    mine.add_argument("--source", choices=["model", "bm25"], default="model")
+    mine.add_argument("--depth", type=int, default=200, help="take candidates up to this rank (default 200)")
+    mine.add_argument("--skip", type=int, default=0, help="skip the top r candidates (default 0)")
+    mine.add_argument("--n", type=int, default=30, help="negatives per query (default 30)")
+    mine.add_argument("--sampling", choices=["top", "random"], default="top")
+    mine.add_argument("--margin-abs", type=float, default=None, help="keep scores <= s_pos - margin")
+    mine.add_argument("--margin-rel", type=float, default=None, help="keep scores <= s_pos - margin * |s_pos|")
+    mine.add_argument("--output", required=True, help="the jsonl file to write")
+    mine.set_defaults(func=_mine)
 
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
                              ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):

@@ -95,3 +95,19 @@ def evaluate_model(data_dir: str | os.PathLike, split: str, model: str, query_mo
     timings["retrieve_s"] = round(time.perf_counter() - t0, 3)
     means, per_query = evaluate(run, data.qrels, measures, per_query=True)
     return {"metrics": means, "per_query": per_query, "run": run, "timings": timings}
+
+
+def evaluate_model_encoders(data_dir, data, encoders, cache_dir=None, dtype: str = "float16", timings=None,
+                            label: str = "", k: int = 100) -> dict:
+    """Official metrics of in-memory encoders on a loaded split (flat index; the corpus is encoded
+    with the current document tower, cached by its weights)."""
+    from .evaluation import evaluate
+
+    timings = {} if timings is None else timings
+    inner: dict = {}
+    index = corpus_index(data_dir, "", "flat", cache_dir, dtype, encoders=encoders, timings=inner)
+    with torch.inference_mode():
+        run = retrieve(index, encoders.query_encoder, data.queries, k=k, show_progress=False)
+    for name, value in inner.items():
+        timings[f"{label}_{name}" if label else name] = value
+    return evaluate(run, data.qrels)

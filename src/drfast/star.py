@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from .losses import ranknet_loss
 from .training import TrainConfig, TrainingRun, _check_int
 
-METHODS = ("star", "inbatch", "randneg", "static")
+METHODS = ("star", "inbatch", "randneg", "static")  # trisampler: star's loss on TriSampler negatives (run_star)
 
 
 @dataclass
@@ -133,3 +134,81 @@ class StarTrainer(TrainingRun):
         loss = star_batch_loss(q.float(), d.float(), pos_col, neg_cols, known_pos, self.config.method,
                                self.config.alpha, self.scale)
         return loss, {"docs": float(len(rows))}
+
+
+# ---- the whole pipeline: what `drfast star` runs ------------------------------------------------
+def static_negatives(data, encoders, source: str, method: str, mining=None, cache_dir=None, dtype="float16",
+                     k: int = 200, seed: int = 0) -> Dict[str, list]:
+    """{qid: [doc_id]} static negatives for the training queries: the warm-up model's top documents
+    (source "model"), BM25's (source "bm25"), or TriSampler's draws from the model's top-k (method
+    "trisampler"); positives are always excluded."""
+    from .mining import MiningConfig, mine_from_bm25, mine_from_index
+    from .retrieval import DEFAULT_CACHE
+    from .corpus_encoding import encode_corpus
+    from .index import FlatIndex
+
+    mining = mining or MiningConfig(depth=k, seed=seed)
+    qids = sorted(data.positives)
+    if source == "bm25" and method != "trisampler":
+        mined = mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
+                               {q: data.queries[q] for q in qids}, data.positives, mining)
+    else:
+        emb, doc_ids = encode_corpus(encoders.doc_encoder, data.corpus,
+                                     Path(cache_dir or DEFAULT_CACHE) / "embeddings", dtype=dtype)
+        index = FlatIndex(emb, doc_ids)
+        q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
+        pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
+        if method == "trisampler":
+            from .trisampler import TriSamplerConfig, trisample
+
+            picks = trisample(index, q_emb, pos_rows, k, TriSamplerConfig(n_negatives=mining.n, seed=seed))
+            mined = {q: [int(r) for r in row if r >= 0] for q, row in zip(qids, picks.tolist())}
+        else:
+            mined = mine_from_index(index, q_emb, qids, pos_rows, mining, texts=data.corpus)
+    ids = list(data.corpus.doc_ids)
+    return {q: [ids[r] for r in rows] for q, rows in mined.items() if rows}
+
+
+def run_star(data_dir, model: str, output, train_split: str = "train", eval_split: str = "test",
+             negatives: str = "model", config: Optional[StarConfig] = None, cache_dir=None, dtype: str = "float16",
+             encoder_options=None) -> dict:
+    """Warm-up negatives, evaluation before, STAR (or a baseline, or TriSampler negatives with the
+    STAR loss) on both towers, re-encoding of the corpus, evaluation after; writes OUTPUT/model
+    (both towers: OUTPUT/model/query and OUTPUT/model/document) and OUTPUT/metrics.json."""
+    import dataclasses
+    import time
+
+    from .data import load_beir
+    from .encoders import BiEncoder, save_encoder
+    from .retrieval import evaluate_model_encoders
+    from .training import write_json_atomic
+
+    config = config or StarConfig()
+    method = config.method
+    if negatives not in ("model", "bm25"):
+        raise ValueError(f"negatives: expected 'model' or 'bm25', got {negatives!r}")
+    output = Path(output)
+    timings: dict = {}
+    t_all = time.perf_counter()
+    train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
+    model_ = BiEncoder.load(model, **(encoder_options or {}))
+    before = evaluate_model_encoders(data_dir, test, model_, cache_dir, dtype, timings, "before")
+    hard = None
+    if method in ("star", "static", "trisampler"):
+        t0 = time.perf_counter()
+        hard = static_negatives(train, model_, negatives, method, cache_dir=cache_dir, dtype=dtype, seed=config.seed)
+        timings["negatives_s"] = round(time.perf_counter() - t0, 3)
+    train_config = dataclasses.replace(config, method="star" if method == "trisampler" else method)
+    trainer = StarTrainer(model_, train.corpus, train.queries, train.positives, hard, train_config, output / "run")
+    t0 = time.perf_counter()
+    trainer.train()
+    timings["train_s"] = round(time.perf_counter() - t0, 3)
+    after = evaluate_model_encoders(data_dir, test, model_, cache_dir, dtype, timings, "after")
+    save_encoder(model_.query_encoder, output / "model" / "query")
+    save_encoder(model_.doc_encoder, output / "model" / "document")
+    timings["total_s"] = round(time.perf_counter() - t_all, 3)
+    report = {"before": before, "after": after, "timings": timings,
+              "config": {"data": str(data_dir), "model": model, "negatives": negatives, "method": method,
+                         "train_split": train_split, "eval_split": eval_split, **dataclasses.asdict(config)}}
+    write_json_atomic(output / "metrics.json", report)
+    return report
