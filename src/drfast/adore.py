@@ -136,10 +136,11 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               train_split: str = "train", eval_split: str = "test", config: Optional[AdoreConfig] = None,
               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encoder_options=None,
               index_seed: int = 0, resume: bool = False, eval_indexes: Sequence[str] = (),
-              device: str = "auto") -> dict:
+              device: str = "auto", query_model: Optional[str] = None) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
-    OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `eval_indexes` adds evaluations of
+    OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
+    is the starting query encoder, e.g. a STAR-trained query tower over STAR's document tower. `eval_indexes` adds evaluations of
     the trained and the starting query encoder on other index specs (e.g. a flat-trained model on pq:48)."""
     from .data import load_beir
     from .encoders import BiEncoder, save_encoder
@@ -155,7 +156,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     timings: dict = {}
     t_all = time.perf_counter()
     train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
-    encoders = BiEncoder.load(model, **(encoder_options or {}))
+    encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))  # the query tower starts from query_model
     index = corpus_index(data_dir, model, index_spec, cache_dir, dtype, seed=index_seed, encoders=encoders,
                          timings=timings)
     query_encoder = encoders.query_encoder

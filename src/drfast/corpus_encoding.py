@@ -27,11 +27,11 @@ from .encoders import Encoder, _check_positive_int
 __all__ = ["encode_corpus", "corpus_cache_key", "DTYPES"]
 
 DTYPES = ("float16", "float32")
-_FORMAT_VERSION = 1  # bump when the cache layout or the key's contents change
+_FORMAT_VERSION = 2  # bump when the cache layout or the key's contents change
 
 
 def corpus_cache_key(encoder: Encoder, corpus, dtype: str = "float16") -> str:
-    """16 hex digits of a sha256 over the model identity (source, weights, tokenizer, pooling,
+    """16 hex digits of a sha256 over the model identity (weights, tokenizer, pooling,
     normalisation, max_length), the corpus fingerprint and the storage dtype.
 
     The weights are hashed by content (about 0.1 s for MiniLM), not by file sizes/mtimes: an
@@ -43,12 +43,9 @@ def corpus_cache_key(encoder: Encoder, corpus, dtype: str = "float16") -> str:
 
 
 def _cache_key(encoder: Encoder, fingerprint: str, dtype: str) -> str:
-    source = encoder.source
-    if source is not None and os.path.isdir(source):
-        source = os.path.realpath(source)
+    # Content, not paths: a trained tower saved and loaded again finds the embeddings it already made.
     identity = {
         "format": _FORMAT_VERSION,
-        "source": source,
         "weights": _weights_digest(encoder.model),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "pooling": encoder.pooling,
