@@ -16,10 +16,8 @@ Deliberate differences from that commit (the same ones drfast's ``losses.py`` do
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence
 
-import faiss
 import numpy as np
 import torch
 
@@ -32,23 +30,6 @@ def metric_weights(y_pred: torch.Tensor, metric_cut: Optional[int]) -> torch.Ten
         arr[metric_cut:] = 0
     weights = torch.abs(arr.view(-1, 1) - arr.view(1, -1))
     return weights
-
-
-@contextlib.contextmanager
-def faiss_blas(enabled: bool = True):
-    """Force faiss's BLAS path for flat search (threshold 1), restored afterwards. faiss 1.15's default
-    threshold is 128000 queries, so a batch of 32 otherwise takes the per-query SIMD loop
-    (``exhaustive_inner_product_seq``). IndexPQ does not consult this threshold (its lookup tables are
-    built the same way either way)."""
-    if not enabled:
-        yield
-        return
-    old = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = old
 
 
 def reference_step(

@@ -51,7 +51,8 @@ import torch
 
 import drfast
 from drfast.adore import adore_batch_loss
-from adore_reference import faiss_blas, reference_step
+from adore_reference import reference_step
+from benchutil import faiss_blas
 from benchutil import B, CUTOFF, D, K, RESULTS, gaussian_rows
 
 M = 96  # PQ sub-quantizers (8 dims each), as in bench_pq.py

@@ -9,7 +9,6 @@ very same codebooks and codes. The ratio table is printed by conftest.py.
 """
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import faiss

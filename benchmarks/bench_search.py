@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import drfast
-from benchutil import CUTOFF, K, RESULTS, check_agrees, gaussian_rows, make_inputs, positive_ranks, torch_loop
+from benchutil import (CUTOFF, K, RESULTS, check_agrees, faiss_blas, gaussian_rows, make_inputs, positive_ranks,
+                       torch_loop)
 
 CASES = [
     pytest.param((100_000, "float32"), id="100k-fp32"),
@@ -42,17 +43,6 @@ def case(request):
     size = f"{n // 10**6}M" if n >= 10**6 else f"{n // 1000}k"
     yield SimpleNamespace(n=n, dtype=dtype, name=f"N={size} {dtype}", emb=emb, emb32=emb32, q=q,
                           positives=positives, pos=positives[1], idx=idx, ref=ref)
-
-
-@contextlib.contextmanager
-def faiss_blas():
-    # Force faiss's BLAS path (B=32 is already above the default threshold of 20; set it anyway).
-    old = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = old
 
 
 def method_drfast(c):

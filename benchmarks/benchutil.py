@@ -1,6 +1,9 @@
 """Shared data generation and baseline implementations for the drfast speed benchmarks."""
 from __future__ import annotations
 
+import contextlib
+
+import faiss
 import numpy as np
 import torch
 
@@ -76,3 +79,20 @@ def check_agrees(ids, ranks, ref) -> None:
     n = int(ref.ids.max()) + 1
     off = int(np.abs(np.asarray(ranks) - ref.pos_ranks).max())
     assert off <= max(1, n // 100_000), f"positive ranks differ from drfast's by up to {off}"
+
+
+@contextlib.contextmanager
+def faiss_blas(enabled: bool = True):
+    """Force faiss's BLAS path for flat search (threshold 1), restored afterwards. faiss 1.15's default
+    threshold is 128000 queries, so a batch of 32 otherwise takes the per-query SIMD loop
+    (``exhaustive_inner_product_seq``). IndexPQ does not consult this threshold (its lookup tables are
+    built the same way either way)."""
+    if not enabled:
+        yield
+        return
+    old = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 1
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = old

@@ -38,7 +38,7 @@ def scaling(max_n: int) -> None:
     for n in [s for s in SIZES if s <= max_n]:
         idx = drfast.FlatIndex(gaussian_rows(n))
         q, positives = make_inputs(n)
-        t = best_of(lambda: idx.search(q, k=K, positives=positives, cutoff=CUTOFF))
+        t = best_of(lambda idx=idx: idx.search(q, k=K, positives=positives, cutoff=CUTOFF))
         print(f"| {n:,} | {t:.3f} | {t / (n / 1e6):.3f} |", flush=True)
         del idx  # free this N's matrix before generating the next
         gc.collect()

@@ -5,7 +5,6 @@ the real all-MiniLM-L6-v2 against sentence-transformers and is skipped without t
 """
 import json
 import os
-import string
 
 import numpy as np
 import pytest
