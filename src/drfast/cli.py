@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,14 +54,6 @@ def _check(args: argparse.Namespace) -> int:
     print(f"top-{k} ids agreeing with the reference: {agree:.2%}; largest positive-rank difference: {max_rank_gap}")
     print(f"positive ranks (first 8): {res.pos_ranks[:8].tolist()}")
     return 0 if agree > 0.99 and max_rank_gap <= 1 else 1
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Atomically: a temp file beside `path`, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -121,7 +112,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_trec_run(out / "run.trec", result["run"], tag="drfast")
     config = {k: v for k, v in vars(args).items() if k != "func"}
     timings = dict(result["timings"], total_s=round(time.perf_counter() - t0, 3))
-    _write_json(out / "metrics.json", {"metrics": result["metrics"], "config": config, "timings": timings,
+    from .training import write_json_atomic
+
+    write_json_atomic(out / "metrics.json", {"metrics": result["metrics"], "config": config, "timings": timings,
                                        "per_query": result["per_query"]})
     _print_metrics(f"{args.model} on {args.data} ({args.split}, {args.index} index):", result["metrics"])
     print(f"metrics, per-query values and the run in {out}/")
