@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from drfast.adore import AdoreConfig, run_adore
-from drfast.evaluation import evaluate, paired_ttest
+from drfast.evaluation import evaluate, paired_ttest, read_trec_run
 from drfast.star import StarConfig, run_star
 
 METHODS = [("In-Batch", "inbatch", "model"), ("Rand Neg", "randneg", "model"), ("Static (BM25)", "static", "bm25"),
@@ -23,8 +23,6 @@ METHODS = [("In-Batch", "inbatch", "model"), ("Rand Neg", "randneg", "model"), (
 
 
 def per_query(run_dir: Path, qrels) -> dict:
-    from drfast.evaluation import read_trec_run
-
     return evaluate(read_trec_run(run_dir / "run.trec"), qrels, ("nDCG@10",), per_query=True)[1]["nDCG@10"]
 
 
@@ -46,9 +44,9 @@ def main() -> None:
     rows = []
     for label, method, negatives in METHODS:
         star_dir = out / method
-        report = run_star(args.data, args.model, star_dir, negatives=negatives,
+        run_star(args.data, args.model, star_dir, negatives=negatives,
                           config=StarConfig(method=method, epochs=args.epochs, seed=args.seed))
-        adore = run_adore(args.data, str(star_dir / "model" / "document"), star_dir / "adore",
+        run_adore(args.data, str(star_dir / "model" / "document"), star_dir / "adore",
                           config=AdoreConfig(epochs=args.epochs, seed=args.seed),
                           query_model=str(star_dir / "model" / "query"))
         for name, sub, query in ((label, "eval", "query"), (label + " + ADORE", "adore-eval", None)):
@@ -57,7 +55,6 @@ def main() -> None:
                  "--query-model", qm, "--output", str(star_dir / sub)])
             rows.append((name, json.loads((star_dir / sub / "metrics.json").read_text())["metrics"],
                          per_query(star_dir / sub, qrels)))
-        del report, adore
     base = rows[0][2]
     print("| method | nDCG@10 | MRR@10 | R@100 | t-test vs In-Batch (nDCG@10) |\n|---|---:|---:|---:|---|")
     for name, m, pq in rows:

@@ -157,28 +157,13 @@ def _star(args: argparse.Namespace) -> int:
 def _mine(args: argparse.Namespace) -> int:
     from .data import load_beir
     from .encoders import BiEncoder
-    from .mining import MiningConfig, format_statistics, score_statistics, write_mined
+    from .mining import MiningConfig, format_statistics, mine_split, score_statistics, write_mined
+
     data = load_beir(args.data, args.split)
     config = MiningConfig(depth=args.depth, skip=args.skip, n=args.n, sampling=args.sampling,
                           margin_abs=args.margin_abs, margin_rel=args.margin_rel, seed=args.seed)
-    if args.source == "bm25":
-        from .mining import mine_from_bm25
-
-        mined = mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
-                               {q: data.queries[q] for q in sorted(data.positives)}, data.positives, config)
-    else:
-        encoders = BiEncoder.load(args.model, **_encoder_options(args))
-        from .corpus_encoding import encode_corpus
-        from .index import FlatIndex
-        from .mining import mine_from_index
-        from .retrieval import DEFAULT_CACHE
-
-        emb, doc_ids = encode_corpus(encoders.doc_encoder, data.corpus, Path(args.cache or DEFAULT_CACHE) / "embeddings",
-                                     dtype=args.dtype)
-        qids = sorted(data.positives)
-        q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
-        mined = mine_from_index(FlatIndex(emb, doc_ids), q_emb, qids,
-                                [data.corpus.rows(data.positives[q]).tolist() for q in qids], config, data.corpus)
+    encoders = None if args.source == "bm25" else BiEncoder.load(args.model, **_encoder_options(args))
+    mined = mine_split(data, encoders, args.source, config, args.cache, args.dtype)
     print(format_statistics(score_statistics(mined)))
     n = write_mined(args.output, data.queries, data.positives, mined, list(data.corpus.doc_ids))
     print(f"{n} training examples written to {args.output}")

@@ -362,3 +362,34 @@ def write_mined(path: PathLike, queries: Mapping[str, str], positives: Mapping[s
         examples.append(TrainingExample(str(qid), queries[qid], [str(d) for d in positives[qid]],
                                         [str(doc_ids[int(r)]) for r in rows]))
     return write_training_examples(path, examples)
+
+
+def mine_split(data: Any, encoders: Any, source: str, config: Optional[MiningConfig] = None,
+               cache_dir: Any = None, dtype: str = "float16", trisampler: Any = None) -> Mapping[str, list]:
+    """Negatives {qid: [row]} for a loaded split's queries with positives (drfast.data.Dataset):
+    BM25's (source "bm25"), or the model's from a flat index of its cached corpus embeddings (source
+    "model"); with a `trisampler` config, TriSampler draws from the model's top `config.depth` instead."""
+    from pathlib import Path
+
+    from .corpus_encoding import encode_corpus
+    from .index import FlatIndex
+    from .retrieval import DEFAULT_CACHE
+
+    config = _check_config(config)
+    qids = sorted(data.positives)
+    if source == "bm25" and trisampler is None:
+        return mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
+                              {q: data.queries[q] for q in qids}, data.positives, config)
+    if source not in ("model", "bm25"):
+        raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")
+    emb, doc_ids = encode_corpus(encoders.doc_encoder, data.corpus, Path(cache_dir or DEFAULT_CACHE) / "embeddings",
+                                 dtype=dtype)
+    index = FlatIndex(emb, doc_ids)
+    q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
+    pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
+    if trisampler is None:
+        return mine_from_index(index, q_emb, qids, pos_rows, config, texts=data.corpus)
+    from .trisampler import trisample
+
+    picks = trisample(index, q_emb, pos_rows, config.depth, trisampler)
+    return {q: [int(r) for r in row if r >= 0] for q, row in zip(qids, picks.tolist())}

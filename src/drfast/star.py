@@ -142,29 +142,12 @@ def static_negatives(data, encoders, source: str, method: str, mining=None, cach
     """{qid: [doc_id]} static negatives for the training queries: the warm-up model's top documents
     (source "model"), BM25's (source "bm25"), or TriSampler's draws from the model's top-k (method
     "trisampler"); positives are always excluded."""
-    from .mining import MiningConfig, mine_from_bm25, mine_from_index
-    from .retrieval import DEFAULT_CACHE
-    from .corpus_encoding import encode_corpus
-    from .index import FlatIndex
+    from .mining import MiningConfig, mine_split
+    from .trisampler import TriSamplerConfig
 
     mining = mining or MiningConfig(depth=k, seed=seed)
-    qids = sorted(data.positives)
-    if source == "bm25" and method != "trisampler":
-        mined = mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
-                               {q: data.queries[q] for q in qids}, data.positives, mining)
-    else:
-        emb, doc_ids = encode_corpus(encoders.doc_encoder, data.corpus,
-                                     Path(cache_dir or DEFAULT_CACHE) / "embeddings", dtype=dtype)
-        index = FlatIndex(emb, doc_ids)
-        q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
-        pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
-        if method == "trisampler":
-            from .trisampler import TriSamplerConfig, trisample
-
-            picks = trisample(index, q_emb, pos_rows, k, TriSamplerConfig(n_negatives=mining.n, seed=seed))
-            mined = {q: [int(r) for r in row if r >= 0] for q, row in zip(qids, picks.tolist())}
-        else:
-            mined = mine_from_index(index, q_emb, qids, pos_rows, mining, texts=data.corpus)
+    trisampler = TriSamplerConfig(n_negatives=mining.n, seed=seed) if method == "trisampler" else None
+    mined = mine_split(data, encoders, "model" if trisampler else source, mining, cache_dir, dtype, trisampler)
     ids = list(data.corpus.doc_ids)
     return {q: [ids[r] for r in rows] for q, rows in mined.items() if rows}
 
