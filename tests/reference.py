@@ -50,3 +50,50 @@ def random_positives(rng, B, N, max_per_query=3):
 def integer_embeddings(rng, shape, dtype, low=-3, high=3):
     """Small integers: every dot product is exact in float32 (and the values in float16), so ties are real."""
     return rng.integers(low, high + 1, size=shape).astype(dtype)
+
+
+def reference_pairwise_errors(pos_offsets, pos_ranks, k):
+    """Plain-Python loop over queries and positives: per query (total, top-k) pairwise errors, where a
+    positive's errors are the negatives ranked above it (its rank - 1 - the other positives above it)."""
+    total, topk = [], []
+    for q in range(len(pos_offsets) - 1):
+        ranks = [int(r) for r in pos_ranks[pos_offsets[q]:pos_offsets[q + 1]]]
+        t = tk = 0
+        for r in ranks:
+            errors = r - 1 - sum(1 for other in ranks if other < r)
+            t += errors
+            tk += min(errors, k)
+        total.append(t)
+        topk.append(tk)
+    return total, topk
+
+
+def reference_error_summary(total, topk, k, fractions):
+    """The aggregates of drfast.stats.summarize, with loops, str lengths for decades and a full sort."""
+    n = len(total)
+    out = {"queries": n, "k": k, "mean_total_errors": sum(total) / n if n else 0.0,
+           "mean_topk_errors": sum(topk) / n if n else 0.0, "total_errors": sum(total), "topk_errors": sum(topk),
+           "distribution": {}, "hardest_share": {}}
+    for kind, values in (("total", total), ("topk", topk)):
+        whole = sum(values)
+        bins = {}
+        for v in values:
+            b = 0 if v == 0 else len(str(v))  # 1 + floor(log10 v)
+            queries, errors = bins.get(b, (0, 0))
+            bins[b] = (queries + 1, errors + v)
+        rows = []
+        for b in range(max(bins) + 1 if bins else 1):
+            queries, errors = bins.get(b, (0, 0))
+            rows.append({"low": 0 if b == 0 else 10 ** (b - 1), "high": 1 if b == 0 else 10 ** b,
+                         "queries": queries, "query_share": queries / n if n else 0.0,
+                         "errors": errors, "error_share": errors / whole if whole else 0.0})
+        out["distribution"][kind] = rows
+        ordered = sorted(values, reverse=True)
+        shares = {}
+        for f in fractions:
+            m = 0
+            while m < n and m < f * n - 1e-9:  # the smallest m with m >= f * n
+                m += 1
+            shares[f"{f * 100:g}%"] = (sum(ordered[:m]) / whole) if whole else 0.0
+        out["hardest_share"][kind] = shares
+    return out

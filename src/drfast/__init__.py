@@ -20,6 +20,8 @@ _LAZY = {
     "TrainingRun": "training", "TrainConfig": "training",
     "MiningConfig": "mining", "mine_from_index": "mining", "mine_from_bm25": "mining",
     "TriSamplerConfig": "trisampler", "trisample": "trisampler",
+    "pairwise_errors": "stats", "error_statistics": "stats", "run_errors": "error_report",
+    "NegativeOverlapHook": "diagnostics", "plot_run": "run_plot",
 }
 __all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads",
            "build_info", *_LAZY]

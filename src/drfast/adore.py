@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .losses import adore_loss
-from .training import TrainConfig, TrainingRun, _check_int, write_json_atomic
+from .training import TrainConfig, TrainingRun, _check_int, periodic_hooks, write_json_atomic
 
 
 @dataclass
@@ -136,12 +136,19 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               train_split: str = "train", eval_split: str = "test", config: Optional[AdoreConfig] = None,
               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encoder_options=None,
               index_seed: int = 0, resume: bool = False, eval_indexes: Sequence[str] = (),
-              device: str = "auto", query_model: Optional[str] = None) -> dict:
+              device: str = "auto", query_model: Optional[str] = None, overlap_every: int = 0,
+              static_negatives: Optional[Dict[str, Sequence[str]]] = None) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
     is the starting query encoder, e.g. a STAR-trained query tower over STAR's document tower. `eval_indexes` adds evaluations of
-    the trained and the starting query encoder on other index specs (e.g. a flat-trained model on pq:48)."""
+    the trained and the starting query encoder on other index specs (e.g. a flat-trained model on pq:48).
+
+    `config.eval_every` > 0 logs eval_* metrics of the eval split every that many steps and at step 0.
+    `overlap_every` > 0 logs `static_overlap` and `train_mrr10` (drfast.diagnostics) every that many
+    steps and at step 0, on a fixed sample of at most 1000 training queries; the static negatives are
+    `static_negatives` {qid: [doc_id]} or, by default, the starting query encoder's top-k (config.k)
+    non-positives of the index. The two periods are independent (the trainer's hooks run every gcd)."""
     from .data import load_beir
     from .encoders import BiEncoder, save_encoder
     from .evaluation import evaluate
@@ -152,6 +159,10 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         parse_index_spec(spec)
     config = config or AdoreConfig()
     config.check()
+    if isinstance(overlap_every, bool) or not isinstance(overlap_every, int) or overlap_every < 0:
+        raise ValueError(f"overlap_every: must be an integer >= 0, got {overlap_every!r}")
+    if static_negatives is not None and not overlap_every:
+        raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
     output = Path(output)
     timings: dict = {}
     t_all = time.perf_counter()
@@ -181,8 +192,23 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     before_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}
     timings["evaluate_before_s"] = round(time.perf_counter() - t0, 3)
 
-    trainer = AdoreTrainer(query_encoder, index, train.queries, train.positives, config, output_dir=output / "run",
-                           hooks=[lambda tr, step: {f"eval_{k}": v for k, v in evaluate_on(index).items()}])
+    def eval_hook(tr, step: int) -> dict:  # step 0 is the "before" evaluation, not to be redone
+        return {f"eval_{k}": v for k, v in (before if step == 0 else evaluate_on(index)).items()}
+
+    schedule = [(config.eval_every, eval_hook)]
+    if overlap_every:
+        from .diagnostics import NegativeOverlapHook
+
+        t0 = time.perf_counter()
+        if static_negatives is None:
+            overlap = NegativeOverlapHook.from_index(index, query_encoder, train.queries, train.positives, k=config.k)
+        else:
+            overlap = NegativeOverlapHook(train.queries, train.positives, static_negatives, k=config.k)
+        schedule.append((overlap_every, overlap))
+        timings["overlap_setup_s"] = round(time.perf_counter() - t0, 3)
+    eval_every, hooks = periodic_hooks(*schedule)
+    trainer = AdoreTrainer(query_encoder, index, train.queries, train.positives,
+                           dataclasses.replace(config, eval_every=eval_every), output_dir=output / "run", hooks=hooks)
     t0 = time.perf_counter()
     trainer.train(resume=resume)
     timings["train_s"] = round(time.perf_counter() - t0, 3)
@@ -198,7 +224,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     report = {"before": before, "after": after,
               "config": {"data": str(data_dir), "model": model, "index": index_spec, "train_split": train_split,
                          "eval_split": eval_split, "dtype": dtype, "index_seed": index_seed,
-                         "device": str(query_encoder.device),
+                         "device": str(query_encoder.device), "overlap_every": overlap_every,
                          "score_scale_used": trainer.scale, **dataclasses.asdict(config)},
               "timings": timings}
     if extra:

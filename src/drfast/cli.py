@@ -132,7 +132,7 @@ def _adore(args: argparse.Namespace) -> int:
                          eval_every=args.eval_every, tensorboard=args.tensorboard)
     report = run_adore(args.data, args.model, args.output, args.index, args.train_split, args.eval_split, config,
                        args.cache, args.dtype, _encoder_options(args), args.index_seed, args.resume,
-                       args.also_evaluate_on, args.device)
+                       args.also_evaluate_on, args.device, overlap_every=args.overlap_every)
     _print_table(f"ADORE on {args.index} ({args.eval_split} split)", {"before": report["before"],
                                                                       "after": report["after"]})
     print(f"query encoder, metrics.json and the run log in {args.output}/")
@@ -147,10 +147,17 @@ def _star(args: argparse.Namespace) -> int:
                         max_steps=args.max_steps, grad_accum=args.grad_accum, amp=args.amp, seed=args.seed,
                         gradient_checkpointing=args.gradient_checkpointing)
     report = run_star(args.data, args.model, args.output, args.train_split, args.eval_split, args.negatives, config,
-                      args.cache, args.dtype, _encoder_options(args))
+                      args.cache, args.dtype, _encoder_options(args), overlap_every=args.overlap_every)
     _print_table(f"{args.method} ({args.negatives} negatives), {args.eval_split} split",
                  {"before": report["before"], "after": report["after"]})
     print(f"both towers, metrics.json and the run log in {args.output}/")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .run_plot import plot_run
+
+    print(f"training curves written to {plot_run(args.run_dir, args.output)}")
     return 0
 
 
@@ -167,6 +174,22 @@ def _mine(args: argparse.Namespace) -> int:
     print(format_statistics(score_statistics(mined)))
     n = write_mined(args.output, data.queries, data.positives, mined, list(data.corpus.doc_ids))
     print(f"{n} training examples written to {args.output}")
+    return 0
+
+
+def _errors(args: argparse.Namespace) -> int:
+    from .error_report import run_errors
+
+    report = run_errors(args.data, args.split, args.model, args.output, args.query_model, args.index, args.k,
+                        args.cache, args.dtype, args.batch_size, args.seed, _encoder_options(args))
+    s = report["summary"]
+    print(f"pairwise errors of {args.query_model or args.model} on {args.data} ({args.split}, {args.index} index, "
+          f"{s['queries']} queries with positives):")
+    print(f"  mean total errors per query  {s['mean_total_errors']:,.2f}")
+    print(f"  mean top-{s['k']} errors per query  {s['mean_topk_errors']:,.2f}")
+    hardest = ", ".join(f"{p} {100 * v:.1f}%" for p, v in s["hardest_share"]["total"].items())
+    print(f"  share of total errors from the hardest queries: {hardest}")
+    print(f"errors.json and errors.png in {args.output}/")
     return 0
 
 
@@ -263,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     adore.add_argument("--resume", action="store_true", help="continue an interrupted run in OUTPUT")
     adore.add_argument("--device", default="auto", help="auto (a GPU when present, else the CPU), cpu or cuda[:N]")
     adore.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/run/tensorboard")
+    adore.add_argument("--overlap-every", type=int, default=0, metavar="N",
+                       help="every N steps and before training, log to OUTPUT/run/train_log.jsonl the overlap of "
+                            "static negatives (the starting model's top-k) with the current top-k, and training "
+                            "MRR@10, on at most 1000 training queries (independent of --eval-every; see drfast plot)")
     adore.set_defaults(func=_adore)
 
     star = sub.add_parser("star", help="train both towers with STAR or a negative-sampling baseline")
@@ -283,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     star.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     star.add_argument("--gradient-checkpointing", action="store_true")
     star.add_argument("--output", required=True)
+    star.add_argument("--overlap-every", type=int, default=0, metavar="N",
+                      help="every N steps and before training, log the overlap of the static negatives (the "
+                           "method's own; for inbatch/randneg the starting model's top-200) with the current top-200, "
+                           "and training MRR@10, on at most 1000 training queries; each check re-encodes the whole "
+                           "corpus with the current document tower (see drfast plot)")
     star.set_defaults(func=_star)
 
     mine = sub.add_parser("mine", help="mine hard negatives (model or BM25) into Tevatron-style jsonl")
@@ -297,6 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--margin-rel", type=float, default=None, help="keep scores <= s_pos - margin * |s_pos|")
     mine.add_argument("--output", required=True, help="the jsonl file to write")
     mine.set_defaults(func=_mine)
+
+    plot = sub.add_parser("plot", help="draw a training run's loss, MRR@10 and negative overlap over steps")
+    plot.add_argument("run_dir", metavar="RUN_DIR",
+                      help="a run folder with train_log.jsonl, or the OUTPUT of drfast adore / star")
+    plot.add_argument("--output", default=None, metavar="PNG", help="image to write (default RUN_DIR/training.png)")
+    plot.set_defaults(func=_plot)
+
+    errors = sub.add_parser("errors", help="pairwise errors of a model over the whole corpus (total and top-K) "
+                                           "with their distribution over queries: errors.json and errors.png")
+    _add_model_args(errors)
+    errors.set_defaults(batch_size=64)
+    errors.add_argument("--split", default="test")
+    errors.add_argument("--index", default="flat", help="flat | pq:M | opq:M (default flat)")
+    errors.add_argument("--k", type=int, default=200, help="K of the top-K pairwise errors (default 200)")
+    errors.add_argument("--output", required=True)
+    errors.set_defaults(func=_errors)
 
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
                              ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):

@@ -62,7 +62,7 @@ class FlatIndex:
 
     def reconstruct(self, rows: Any) -> torch.Tensor:
         """Rows as a [n, d] float32 torch tensor on the index's device."""
-        rows_np = ops._as_int64_vector(rows, "rows")
+        rows_np = ops.as_int64_vector(rows, "rows")
         if rows_np.size and (rows_np.min() < 0 or rows_np.max() >= self.ntotal):
             raise ValueError(f"rows: ids must be in [0, {self.ntotal})")
         # A zero-copy torch view of numpy rows (memmaps too): torch's gather is multi-threaded.

@@ -95,14 +95,15 @@ def check_cutoff(cutoff: Any) -> int:
     return int(cutoff)
 
 
-def _as_int64_vector(x: Any, name: str) -> np.ndarray:
+def as_int64_vector(x: Any, name: str, what: str = "integer row ids") -> np.ndarray:
+    """A 1-D integer array or tensor (or an empty list) as contiguous int64 numpy; errors name `name`."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {x.shape}")
     if x.size and not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer row ids, got dtype {x.dtype}")
+        raise TypeError(f"{name}: expected {what}, got dtype {x.dtype}")
     return np.ascontiguousarray(x, dtype=np.int64)
 
 
@@ -111,8 +112,8 @@ def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndar
     if positives is None:
         return np.zeros(B + 1, np.int64), np.zeros(0, np.int64)
     if isinstance(positives, tuple) and len(positives) == 2 and not isinstance(positives[0], (list, tuple)):
-        offsets = _as_int64_vector(positives[0], "positives offsets")
-        ids = _as_int64_vector(positives[1], "positives ids")
+        offsets = as_int64_vector(positives[0], "positives offsets")
+        ids = as_int64_vector(positives[1], "positives ids")
         if offsets.shape[0] != B + 1:
             raise ValueError(f"positives offsets: expected B + 1 = {B + 1} entries, got {offsets.shape[0]}")
         if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != ids.shape[0]:
@@ -122,7 +123,7 @@ def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndar
     elif isinstance(positives, Sequence) and not isinstance(positives, (str, bytes)):
         if len(positives) != B:
             raise ValueError(f"positives: expected one list per query (B = {B}), got {len(positives)}")
-        lists = [_as_int64_vector(p, f"positives[{i}]") for i, p in enumerate(positives)]
+        lists = [as_int64_vector(p, f"positives[{i}]") for i, p in enumerate(positives)]
         offsets = np.zeros(B + 1, np.int64)
         np.cumsum([len(p) for p in lists], out=offsets[1:])
         ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)

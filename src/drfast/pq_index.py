@@ -147,7 +147,7 @@ class PQIndex:
 
     def reconstruct(self, rows: Any) -> torch.Tensor:
         """Decoded rows [n, d] float32 in the original space, differentiable w.r.t. `centroids`."""
-        rows_np = ops._as_int64_vector(rows, "rows")
+        rows_np = ops.as_int64_vector(rows, "rows")
         if rows_np.size and (rows_np.min() < 0 or rows_np.max() >= self.ntotal):
             raise ValueError(f"rows: ids must be in [0, {self.ntotal})")
         rows_t = torch.from_numpy(rows_np).to(self.device)

@@ -154,22 +154,29 @@ def static_negatives(data, encoders, source: str, method: str, mining=None, cach
 
 def run_star(data_dir, model: str, output, train_split: str = "train", eval_split: str = "test",
              negatives: str = "model", config: Optional[StarConfig] = None, cache_dir=None, dtype: str = "float16",
-             encoder_options=None) -> dict:
+             encoder_options=None, overlap_every: int = 0) -> dict:
     """Warm-up negatives, evaluation before, STAR (or a baseline, or TriSampler negatives with the
     STAR loss) on both towers, re-encoding of the corpus, evaluation after; writes OUTPUT/model
-    (both towers: OUTPUT/model/query and OUTPUT/model/document) and OUTPUT/metrics.json."""
+    (both towers: OUTPUT/model/query and OUTPUT/model/document) and OUTPUT/metrics.json.
+
+    `overlap_every` > 0 logs `static_overlap` and `train_mrr10` (drfast.diagnostics) at step 0 and
+    every that many steps, on at most 1000 training queries, against the top-200 of the corpus
+    re-encoded with the current document tower (a whole corpus encoding per check). The static
+    negatives are the method's own (star, static, trisampler), else the starting model's top-200."""
     import dataclasses
     import time
 
     from .data import load_beir
     from .encoders import BiEncoder, save_encoder
-    from .retrieval import evaluate_model_encoders
-    from .training import write_json_atomic
+    from .retrieval import corpus_index, evaluate_model_encoders
+    from .training import periodic_hooks, write_json_atomic
 
     config = config or StarConfig()
     method = config.method
     if negatives not in ("model", "bm25"):
         raise ValueError(f"negatives: expected 'model' or 'bm25', got {negatives!r}")
+    if isinstance(overlap_every, bool) or not isinstance(overlap_every, int) or overlap_every < 0:
+        raise ValueError(f"overlap_every: must be an integer >= 0, got {overlap_every!r}")
     output = Path(output)
     timings: dict = {}
     t_all = time.perf_counter()
@@ -182,7 +189,24 @@ def run_star(data_dir, model: str, output, train_split: str = "train", eval_spli
         hard = static_negatives(train, model_, negatives, method, cache_dir=cache_dir, dtype=dtype, seed=config.seed)
         timings["negatives_s"] = round(time.perf_counter() - t0, 3)
     train_config = dataclasses.replace(config, method="star" if method == "trisampler" else method)
-    trainer = StarTrainer(model_, train.corpus, train.queries, train.positives, hard, train_config, output / "run")
+    hooks = []
+    if overlap_every:
+        from .diagnostics import NegativeOverlapHook, reencoded_index
+
+        depth = 200  # the depth the static negatives are mined from (static_negatives' k)
+        # the starting document tower's corpus is cached already (evaluation before): no re-encoding at step 0
+        start = corpus_index(data_dir, "", "flat", cache_dir, dtype, encoders=model_)
+
+        def index_fn(tr):
+            return start if tr.step == 0 else reencoded_index(tr.model.doc_encoder, tr.corpus)
+
+        hook = (NegativeOverlapHook(train.queries, train.positives, hard, k=depth, index_fn=index_fn) if hard else
+                NegativeOverlapHook.from_index(start, model_.query_encoder, train.queries, train.positives, k=depth,
+                                               index_fn=index_fn))
+        eval_every, hooks = periodic_hooks((overlap_every, hook))
+        train_config = dataclasses.replace(train_config, eval_every=eval_every)
+    trainer = StarTrainer(model_, train.corpus, train.queries, train.positives, hard, train_config, output / "run",
+                          hooks)
     t0 = time.perf_counter()
     trainer.train()
     timings["train_s"] = round(time.perf_counter() - t0, 3)
@@ -192,6 +216,7 @@ def run_star(data_dir, model: str, output, train_split: str = "train", eval_spli
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     report = {"before": before, "after": after, "timings": timings,
               "config": {"data": str(data_dir), "model": model, "negatives": negatives, "method": method,
-                         "train_split": train_split, "eval_split": eval_split, **dataclasses.asdict(config)}}
+                         "train_split": train_split, "eval_split": eval_split, "overlap_every": overlap_every,
+                         **dataclasses.asdict(config)}}
     write_json_atomic(output / "metrics.json", report)
     return report

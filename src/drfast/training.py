@@ -75,7 +75,10 @@ class TrainingRun:
 
     Subclasses implement `micro_batch(items) -> (loss, info)`; `info` holds floats to log. Keys listed
     in `summed` are added over a step's micro-batches, the others averaged. `hooks` are called as
-    hook(trainer, step) every `eval_every` steps and may return a dict to log.
+    hook(trainer, step) every `eval_every` steps and may return a dict to log; a run that starts from
+    scratch also calls them once before the first step and logs what they return as step 0
+    ({"step": 0, "epoch": 0, ...}, without "loss"). Hooks should draw no random numbers (encoding in
+    eval mode draws none), so that adding or removing one leaves the trained weights unchanged.
     """
 
     summed: Tuple[str, ...] = ()
@@ -161,7 +164,13 @@ class TrainingRun:
         else:
             torch.manual_seed(c.seed)
             random.seed(c.seed)
+            self._write_log()  # the log mirrors the history: no records left from an earlier run here
         self.model.train()
+        if c.eval_every and self.hooks and self.step == 0:
+            # The starting point of every curve, before any update (a resumed run already has it).
+            start = self._run_hooks(0)
+            if start:
+                self._log({"step": 0, "epoch": 0, **start})
         bar = tqdm(total=self.total_steps, initial=self.step, desc=type(self).__name__.replace("Trainer", ""),
                    unit="step")
         started, first_step = time.perf_counter(), self.step
@@ -183,8 +192,7 @@ class TrainingRun:
             bar.update(1)
             evaluate = c.eval_every and self.step % c.eval_every == 0
             if evaluate:
-                for hook in self.hooks:
-                    record.update(hook(self, self.step) or {})
+                record.update(self._run_hooks(self.step))
             if self.step % c.log_every == 0 or evaluate:
                 self._log(record)
             if self.step % c.save_every == 0 or self.step == self.total_steps:
@@ -192,6 +200,12 @@ class TrainingRun:
         bar.close()
         self.model.eval()
         return self.history
+
+    def _run_hooks(self, step: int) -> dict:
+        out: dict = {}
+        for hook in self.hooks:
+            out.update(hook(self, step) or {})
+        return out
 
     # ---- run files --------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -230,9 +244,32 @@ class TrainingRun:
         random.setstate(state["rng"]["python"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        # The log keeps exactly the records up to the checkpoint (later ones are redone).
-        with open(self.output_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        self._write_log()  # the records up to the checkpoint (later ones are redone)
+
+    def _write_log(self) -> None:
+        if self.output_dir is not None:
+            with open(self.output_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
+
+
+def periodic_hooks(*schedule: Tuple[int, Callable]) -> Tuple[int, List[Callable]]:
+    """(eval_every, hooks) for hooks with periods of their own, given as (every, hook) pairs (every 0:
+    never): the trainer calls its hooks every gcd of the periods, and each hook acts only on multiples
+    of its own period (step 0 included) and returns nothing on the other calls."""
+    for every, hook in schedule:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"schedule: periods must be integers >= 0, got {every!r}")
+        if not callable(hook):
+            raise TypeError(f"schedule: expected (every, hook) pairs with a callable hook, got {type(hook).__name__}")
+    active = [(every, hook) for every, hook in schedule if every > 0]
+    if not active:
+        return 0, []
+
+    def on_period(every: int, hook: Callable) -> Callable:
+        return lambda trainer, step: hook(trainer, step) if step % every == 0 else None
+
+    period = math.gcd(*(every for every, _ in active))
+    return period, [hook if every == period else on_period(every, hook) for every, hook in active]
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
