@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .losses import adore_loss
+from .ops import check_int
 from .training import TrainConfig, TrainingRun, _check_int, periodic_hooks, write_json_atomic
 
 
@@ -159,8 +160,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         parse_index_spec(spec)
     config = config or AdoreConfig()
     config.check()
-    if isinstance(overlap_every, bool) or not isinstance(overlap_every, int) or overlap_every < 0:
-        raise ValueError(f"overlap_every: must be an integer >= 0, got {overlap_every!r}")
+    check_int(overlap_every, "overlap_every", 0)
     if static_negatives is not None and not overlap_every:
         raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
     output = Path(output)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .adore import mrr_at_10
 from .index import FlatIndex
-from .ops import as_int64_vector
+from .ops import as_int64_vector, check_int
 
 __all__ = ["NegativeOverlapHook", "overlap_and_mrr", "sample_queries", "reencoded_index"]
 
@@ -62,7 +62,7 @@ def overlap_and_mrr(ids: Any, pos_offsets: Any, pos_ids: Any, pos_ranks: Any,
             raise ValueError(f"{name}: expected {offsets[-1]} values (pos_offsets[-1]), got {array.shape[0]}")
     if len(static_rows) != B:
         raise ValueError(f"static_rows: expected one list per query ({B}), got {len(static_rows)}")
-    _check_int(k, "k", 1)
+    check_int(k, "k", 1)
     overlap = np.full(B, np.nan)
     for b in range(B):
         pos = positives[offsets[b]:offsets[b + 1]]
@@ -79,8 +79,8 @@ def sample_queries(qids: Sequence[str], max_queries: Optional[int], seed: int = 
     """At most `max_queries` of `qids` (None: all), drawn with `seed`, sorted: the same ids whatever
     the order they come in."""
     if max_queries is not None:
-        _check_int(max_queries, "max_queries", 1)
-    _check_int(seed, "seed", 0)
+        check_int(max_queries, "max_queries", 1)
+    check_int(seed, "seed", 0)
     qids = sorted(set(qids))
     if max_queries is None or len(qids) <= max_queries:
         return qids
@@ -92,7 +92,7 @@ def reencoded_index(doc_encoder, corpus, batch_size: int = 64, chunk_size: int =
     """A FlatIndex of the whole corpus encoded with `doc_encoder` now, in memory (float16, as the
     corpus cache stores it by default). `corpus` needs `__len__`, `doc_ids` and `texts(rows)`. One
     full corpus encoding per call, with a progress bar: the cost of a check while STAR trains."""
-    _check_int(batch_size, "batch_size", 1)
+    check_int(batch_size, "batch_size", 1)
     n = len(corpus)
     emb = np.empty((n, doc_encoder.dim), dtype=np.float16)
     with tqdm(total=n, desc="re-encoding corpus", unit="doc") as bar:
@@ -127,8 +127,8 @@ class NegativeOverlapHook:
         for name, value in (("queries", queries), ("positives", positives), ("static_negatives", static_negatives)):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{name}: expected a dict {{qid: ...}}, got {type(value).__name__}")
-        _check_int(k, "k", 1)
-        _check_int(batch_size, "batch_size", 1)
+        check_int(k, "k", 1)
+        check_int(batch_size, "batch_size", 1)
         if index_fn is not None and not callable(index_fn):
             raise TypeError(f"index_fn: expected a callable trainer -> index, got {type(index_fn).__name__}")
         static: Dict[str, List[str]] = {}
@@ -248,8 +248,3 @@ def _first_unique(values: np.ndarray) -> np.ndarray:
 
 def _numpy(x: Any) -> np.ndarray:
     return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")

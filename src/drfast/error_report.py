@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import stats
+from .ops import check_int
 
 
 def exact_positive_ranks(index, query_embeddings, positives_rows: Sequence[Sequence[int]],
@@ -29,15 +30,19 @@ def exact_positive_ranks(index, query_embeddings, positives_rows: Sequence[Seque
     if emb.ndim != 2 or emb.shape[0] != len(positives_rows):
         raise ValueError(f"query_embeddings: expected shape [{len(positives_rows)}, d] (one row per positives "
                          f"list), got {list(emb.shape)}")
-    counts = np.array([len(p) for p in positives_rows], np.int64)
-    offsets = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = _csr_offsets(positives_rows)
     ranks = np.empty(int(offsets[-1]), np.int64)
-    for start in range(0, len(counts), batch_size):
-        end = min(start + batch_size, len(counts))
+    for start in range(0, len(positives_rows), batch_size):
+        end = min(start + batch_size, len(positives_rows))
         res = index.search(emb[start:end], k=1, positives=[list(p) for p in positives_rows[start:end]])
         ranks[offsets[start]:offsets[end]] = np.asarray(res.pos_ranks)
     return offsets, ranks
+
+
+def _csr_offsets(lists: Sequence[Sequence[int]]) -> np.ndarray:
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    return offsets
 
 
 def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str | os.PathLike,
@@ -55,11 +60,9 @@ def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str 
     from .training import write_json_atomic
 
     parse_index_spec(index_spec)  # fail before any encoding
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    check_int(k, "k")
+    check_int(batch_size, "batch_size")
+    check_int(chunk_size, "chunk_size")
     output = Path(output)
     timings: dict = {}
     t_all = time.perf_counter()
@@ -124,10 +127,7 @@ def _ranks_in_chunks(index, query_encoder, texts: List[str], rows: List[List[int
                 os.replace(tmp, path)  # a chunk file exists only once it is complete
             parts.append(np.load(path))
             bar.update(end - start)
-    counts = np.array([len(r) for r in rows], np.int64)
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return offsets, np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return _csr_offsets(rows), np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 # ---- Figure 3 ------------------------------------------------------------------------------------

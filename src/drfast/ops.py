@@ -76,6 +76,13 @@ def check_queries(queries: Any, dim: int) -> Any:
     return queries
 
 
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """An integer argument (bools refused) of at least `minimum`, as int; the error names `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k: expected an int, got {type(k).__name__}")

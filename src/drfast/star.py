@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .losses import ranknet_loss
+from .ops import check_int
 from .training import TrainConfig, TrainingRun, _check_int
 
 METHODS = ("star", "inbatch", "randneg", "static")  # trisampler: star's loss on TriSampler negatives (run_star)
@@ -175,8 +176,7 @@ def run_star(data_dir, model: str, output, train_split: str = "train", eval_spli
     method = config.method
     if negatives not in ("model", "bm25"):
         raise ValueError(f"negatives: expected 'model' or 'bm25', got {negatives!r}")
-    if isinstance(overlap_every, bool) or not isinstance(overlap_every, int) or overlap_every < 0:
-        raise ValueError(f"overlap_every: must be an integer >= 0, got {overlap_every!r}")
+    check_int(overlap_every, "overlap_every", 0)
     output = Path(output)
     timings: dict = {}
     t_all = time.perf_counter()

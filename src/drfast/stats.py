@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .ops import as_int64_vector
+from .ops import as_int64_vector, check_int
 
 HARDEST_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50)
 KINDS = ("total", "topk")
@@ -115,9 +115,7 @@ def _inputs(pos_offsets, pos_ranks, k) -> Tuple[np.ndarray, np.ndarray, int]:
         raise ValueError(f"pos_offsets: expected int64 [Q+1] CSR offsets from 0 to len(pos_ranks)="
                          f"{ranks.shape[0]}, got {offsets.shape[0]} values"
                          + (f" from {offsets[0]} to {offsets[-1]}" if offsets.shape[0] else ""))
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    return offsets, ranks, int(k)
+    return offsets, ranks, check_int(k, "k")
 
 
 def _int64_vector(x, name: str) -> np.ndarray:
@@ -184,12 +182,11 @@ def _decade_histogram(total, topk) -> np.ndarray:
 
 def _pass(pos_offsets, pos_ranks, k, n_docs, backend):
     offsets, ranks, k = _inputs(pos_offsets, pos_ranks, k)
-    if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs < 0:
-        raise ValueError(f"n_docs: expected an integer >= 0 (0: do not check), got {n_docs!r}")
+    n_docs = check_int(n_docs, "n_docs", 0)  # 0: no upper bound to check
     if backend == "numba":
-        total, topk, hist = _numba_pass(offsets, ranks, k, int(n_docs))
+        total, topk, hist = _numba_pass(offsets, ranks, k, n_docs)
     elif backend == "numpy":
-        total, topk, hist = _numpy_pass(offsets, ranks, k, int(n_docs))
+        total, topk, hist = _numpy_pass(offsets, ranks, k, n_docs)
     else:
         raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
     return offsets, total, topk, hist, k
