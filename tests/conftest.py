@@ -1,10 +1,11 @@
 import os
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
+# ../shared/data beside the repository: the real collections (SciFact, Vaswani) in BEIR format.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_addoption(parser):
@@ -30,3 +31,14 @@ def rng(request):
     seed = int(os.environ.get("DRFAST_SEED", int.from_bytes(os.urandom(4), "little")))
     print(f"DRFAST_SEED={seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def real_data():
+    """A function name -> the BEIR folder ../shared/data/NAME, skipping the test when it is absent."""
+    def folder(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.is_dir():
+            pytest.skip(f"{path} is absent")
+        return path
+    return folder

@@ -37,8 +37,8 @@ def tiny_setup(tmp_path_factory):
 
 @pytest.mark.parametrize("index", ["flat", "pq:4"])
 def test_evaluate_writes_metrics_consistent_with_its_run(tiny_setup, index, capsys):
-    from drfast.data import load_beir
-    from drfast.evaluation import evaluate, read_trec_run
+    from drfast.data.formats import load_beir
+    from drfast.eval.trec import evaluate, read_trec_run
 
     out = tiny_setup["root"] / f"eval-{index.replace(':', '')}"
     args = ["evaluate", "--data", tiny_setup["data"], "--split", "test", "--model", tiny_setup["model"],
@@ -65,7 +65,7 @@ def test_index_command_saves_a_loadable_index(tiny_setup):
 
 
 def test_search_writes_a_trec_run(tiny_setup):
-    from drfast.evaluation import read_trec_run
+    from drfast.eval.trec import read_trec_run
 
     out = tiny_setup["root"] / "search"
     assert main(["search", "--data", tiny_setup["data"], "--split", "train", "--model", tiny_setup["model"],
@@ -95,7 +95,7 @@ def test_demo_runs_adore_on_flat_and_pq(tiny_setup, capsys):
 def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch):
     import urllib.request
 
-    from drfast import demo
+    from drfast.pipelines import demo
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -135,7 +135,7 @@ def test_star_command_trains_both_towers(tiny_setup, method):
 @pytest.mark.parametrize("source", ["model", "bm25"])
 def test_mine_command_writes_training_examples(tiny_setup, source):
     pytest.importorskip("bm25s") if source == "bm25" else None
-    from drfast.data import iter_training_examples
+    from drfast.data.formats import iter_training_examples
 
     out = tiny_setup["root"] / f"mined-{source}.jsonl"
     assert main(["mine", "--data", tiny_setup["data"], "--split", "train", "--model", tiny_setup["model"],

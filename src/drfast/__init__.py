@@ -1,63 +1,37 @@
-"""drfast: fast, correct training of dense retrieval models with hard negatives."""
-from __future__ import annotations
+"""drfast: fast, correct training of dense retrieval models with hard negatives.
 
-from . import _C
-from .index import FlatIndex, load_index
-from .pq_index import PQIndex
-from .results import SearchResult
+The layers, each importing only from those before it: common, search (the native fused search),
+index, data and encode, train and negatives, eval, pipelines (what the CLI runs), cli.
+"""
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# Loaded on first use: importing transformers or pytrec_eval costs seconds that the search does not need.
-_LAZY = {
-    "Encoder": "encoders", "BiEncoder": "encoders", "save_encoder": "encoders", "resolve_model": "encoders",
-    "encode_corpus": "corpus_encoding", "Corpus": "data", "load_beir": "data", "load_msmarco": "data",
-    "evaluate": "evaluation", "write_trec_run": "evaluation", "paired_ttest": "evaluation",
-    "metrics_from_ranks": "evaluation", "build_index": "retrieval", "retrieve": "retrieval",
-    "evaluate_model": "retrieval",
-    "AdoreTrainer": "adore", "AdoreConfig": "adore", "run_adore": "adore",
-    "StarTrainer": "star", "StarConfig": "star", "run_star": "star",
-    "TrainingRun": "training", "TrainConfig": "training",
-    "MiningConfig": "mining", "mine_from_index": "mining", "mine_from_bm25": "mining",
-    "TriSamplerConfig": "trisampler", "trisample": "trisampler",
-    "pairwise_errors": "stats", "error_statistics": "stats", "run_errors": "error_report",
-    "NegativeOverlapHook": "diagnostics", "plot_run": "run_plot",
-}
-__all__ = ["FlatIndex", "PQIndex", "SearchResult", "load_index", "set_num_threads", "get_num_threads",
-           "build_info", *_LAZY]
+from drfast import _C  # noqa: E402  (the native core: built by pip install)
+from drfast.common.doc_ids import DocIdMap
+from drfast.data import Corpus, DataFormatError, Dataset, load_beir, load_msmarco
+from drfast.encode import BiEncoder, Encoder, encode_corpus, save_encoder
+from drfast.eval import NegativeOverlapHook, error_statistics, evaluate, pairwise_errors, retrieve
+from drfast.index import FlatIndex, PQIndex, build_index, load_index
+from drfast.negatives import MiningConfig, TriSamplerConfig, mine_from_bm25, mine_from_index, trisample
+from drfast.search import (SearchResult, build_info, get_num_threads, metrics_from_ranks, set_num_threads,
+                           set_simd_level, simd_level)
+from drfast.train import (AdoreConfig, AdoreTrainer, StarConfig, StarTrainer, TrainConfig, TrainingRun,
+                          adore_batch_loss, adore_loss, ranknet_loss)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'drfast' has no attribute {name!r}")
-
-
-def set_num_threads(n: int) -> None:
-    """Threads used by the native CPU kernels (default: OMP_NUM_THREADS or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: must be >= 1, got {n}")
-    _C.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    return _C.num_threads()
-
-
-def build_info() -> dict:
-    """What this build can do: SIMD level in use, threads, CUDA."""
-    import torch
-
-    return {
-        "version": __version__,
-        "simd": _C.simd_level(),
-        "simd_supported": _C.supported_simd_levels().split(","),
-        "threads": _C.num_threads(),
-        "cuda_kernels_built": bool(_C.built_with_cuda),
-        "cuda_device_available": bool(_C.cuda_device_available()) or torch.cuda.is_available(),
-        "torch": torch.__version__,
-    }
+__all__ = [
+    "__version__",
+    # search and indexes
+    "FlatIndex", "PQIndex", "SearchResult", "load_index", "build_index", "DocIdMap",
+    "set_num_threads", "get_num_threads", "set_simd_level", "simd_level", "build_info",
+    # data and encoders
+    "Corpus", "Dataset", "DataFormatError", "load_beir", "load_msmarco",
+    "Encoder", "BiEncoder", "save_encoder", "encode_corpus",
+    # training
+    "TrainConfig", "TrainingRun", "AdoreConfig", "AdoreTrainer", "StarConfig", "StarTrainer",
+    "adore_batch_loss", "adore_loss", "ranknet_loss",
+    # negatives
+    "MiningConfig", "mine_from_index", "mine_from_bm25", "TriSamplerConfig", "trisample",
+    # evaluation
+    "retrieve", "evaluate", "metrics_from_ranks", "pairwise_errors", "error_statistics", "NegativeOverlapHook",
+]

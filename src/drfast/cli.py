@@ -19,7 +19,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from drfast.pipelines.demo import run_demo
 
     run_demo(args.data, args.model, args.output, args.pq, args.cache, args.epochs, args.seed)
     return 0
@@ -63,10 +63,10 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from .corpus_encoding import encode_corpus
-    from .data import Corpus
-    from .encoders import Encoder
-    from .retrieval import DEFAULT_CACHE
+    from drfast.encode.corpus_cache import encode_corpus
+    from drfast.data.formats import Corpus
+    from drfast.encode.encoders import Encoder
+    from drfast.encode.corpus_cache import DEFAULT_CACHE
 
     encoder = Encoder.load(args.model, role="document", max_length=args.doc_max_length, pooling=args.pooling)
     corpus = Corpus(Path(args.data) / "corpus.jsonl")
@@ -77,24 +77,25 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from .encoders import BiEncoder
-    from .retrieval import corpus_index
+    from drfast.encode.encoders import BiEncoder
+    from drfast.pipelines.corpus import corpus_index
 
     timings: dict = {}
     encoders = BiEncoder.load(args.model, **_encoder_options(args))
-    index = corpus_index(args.data, args.model, args.index, args.cache, args.dtype, args.batch_size, args.seed,
-                         encoders, timings)
+    index = corpus_index(args.data, encoders, args.index, args.cache, args.dtype, args.batch_size, args.seed,
+                         timings)
     index.save(args.output)
     print(f"{index!r} saved to {args.output} ({timings})")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .evaluation import write_trec_run
-    from .retrieval import evaluate_model
+    from drfast.eval.trec import write_trec_run
+    from drfast.pipelines.evaluate import evaluate_model
 
-    result = evaluate_model(args.data, args.split, args.model, args.query_model, args.index, args.k, args.cache,
-                            args.dtype, args.batch_size, args.seed, _encoder_options(args))
+    result = evaluate_model(args.data, args.split, args.model, query_model=args.query_model, index=args.index,
+                            k=args.k, cache_dir=args.cache, dtype=args.dtype, encode_batch_size=args.batch_size,
+                            index_seed=args.seed, encoder_options=_encoder_options(args))
     out = Path(args.output)
     write_trec_run(out / "run.trec", result["run"], tag="drfast")
     print(f"run of {len(result['run'])} queries written to {out / 'run.trec'}")
@@ -102,17 +103,18 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import write_trec_run
-    from .retrieval import evaluate_model
+    from drfast.eval.trec import write_trec_run
+    from drfast.pipelines.evaluate import evaluate_model
 
     t0 = time.perf_counter()
-    result = evaluate_model(args.data, args.split, args.model, args.query_model, args.index, args.k, args.cache,
-                            args.dtype, args.batch_size, args.seed, _encoder_options(args))
+    result = evaluate_model(args.data, args.split, args.model, query_model=args.query_model, index=args.index,
+                            k=args.k, cache_dir=args.cache, dtype=args.dtype, encode_batch_size=args.batch_size,
+                            index_seed=args.seed, encoder_options=_encoder_options(args))
     out = Path(args.output)
     write_trec_run(out / "run.trec", result["run"], tag="drfast")
     config = {k: v for k, v in vars(args).items() if k != "func"}
     timings = dict(result["timings"], total_s=round(time.perf_counter() - t0, 3))
-    from .training import write_json_atomic
+    from drfast.common.atomic import write_json_atomic
 
     write_json_atomic(out / "metrics.json", {"metrics": result["metrics"], "config": config, "timings": timings,
                                        "per_query": result["per_query"]})
@@ -122,7 +124,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _adore(args: argparse.Namespace) -> int:
-    from .adore import AdoreConfig, run_adore
+    from drfast.train.adore import AdoreConfig
+    from drfast.pipelines.adore import run_adore
 
     config = AdoreConfig(k=args.k, cutoff=args.cutoff, score_scale=args.score_scale, lr=args.lr,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
@@ -140,7 +143,8 @@ def _adore(args: argparse.Namespace) -> int:
 
 
 def _star(args: argparse.Namespace) -> int:
-    from .star import StarConfig, run_star
+    from drfast.train.star import StarConfig
+    from drfast.pipelines.star import run_star
 
     config = StarConfig(method=args.method, n_negatives=args.n_negatives, alpha=args.alpha,
                         score_scale=args.score_scale, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
@@ -155,16 +159,17 @@ def _star(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .run_plot import plot_run
+    from drfast.eval.plots import plot_run
 
     print(f"training curves written to {plot_run(args.run_dir, args.output)}")
     return 0
 
 
 def _mine(args: argparse.Namespace) -> int:
-    from .data import load_beir
-    from .encoders import BiEncoder
-    from .mining import MiningConfig, format_statistics, mine_split, score_statistics, write_mined
+    from drfast.data.formats import load_beir
+    from drfast.encode.encoders import BiEncoder
+    from drfast.negatives.mining import MiningConfig, format_statistics, score_statistics, write_mined
+    from drfast.pipelines.mine import mine_split
 
     data = load_beir(args.data, args.split)
     config = MiningConfig(depth=args.depth, skip=args.skip, n=args.n, sampling=args.sampling,
@@ -178,7 +183,7 @@ def _mine(args: argparse.Namespace) -> int:
 
 
 def _errors(args: argparse.Namespace) -> int:
-    from .error_report import run_errors
+    from drfast.pipelines.errors import run_errors
 
     report = run_errors(args.data, args.split, args.model, args.output, args.query_model, args.index, args.k,
                         args.cache, args.dtype, args.batch_size, args.seed, _encoder_options(args))

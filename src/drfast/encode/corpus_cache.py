@@ -1,0 +1,202 @@
+"""Encode a corpus once into a cached, resumable float16/float32 memmap.
+
+Layout under `cache_dir`:
+    <key>/embeddings.<dtype>.npy   [N, d] in corpus order (np.lib.format, opened as a memmap)
+    <key>/doc_ids.txt              one external id per line, row i <-> line i
+    <key>/meta.json                what produced it (model, pooling, max_length, timings)
+    <key>.partial/chunk_*.npy      finished chunks of an interrupted run (removed when done)
+The key hashes everything that changes the vectors, so a changed model, corpus or setting never
+reuses stale embeddings, and an unchanged one returns at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from drfast.common.atomic import save_npy_atomic
+from drfast.common.checks import check_choice, check_int
+from drfast.common.doc_ids import DocIdMap
+from drfast.encode.encoders import Encoder
+
+__all__ = ["encode_corpus", "corpus_cache_key", "DTYPES", "DEFAULT_CACHE"]
+
+# Where corpus embeddings (and other caches) live unless a --cache folder is given.
+DEFAULT_CACHE = Path(os.environ.get("DRFAST_CACHE", Path.home() / ".cache" / "drfast"))
+
+DTYPES = ("float16", "float32")
+_FORMAT_VERSION = 2  # bump when the cache layout or the key's contents change
+
+
+def corpus_cache_key(encoder: Encoder, corpus, dtype: str = "float16") -> str:
+    """16 hex digits of a sha256 over the model identity (weights, tokenizer, pooling,
+    normalisation, max_length), the corpus fingerprint and the storage dtype.
+
+    The weights are hashed by content (about 0.1 s for MiniLM), not by file sizes/mtimes: an
+    encoder trained in memory keeps its source path, and must not hit its untrained cache.
+    """
+    _check_encoder(encoder)
+    check_choice(dtype, "dtype", DTYPES)
+    return _cache_key(encoder, _fingerprint(corpus), dtype)
+
+
+def _cache_key(encoder: Encoder, fingerprint: str, dtype: str) -> str:
+    # Content, not paths: a trained tower saved and loaded again finds the embeddings it already made.
+    identity = {
+        "format": _FORMAT_VERSION,
+        "weights": _weights_digest(encoder.model),
+        "tokenizer": _tokenizer_digest(encoder.tokenizer),
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        "max_length": encoder.max_length,
+        "do_lower_case": encoder.do_lower_case,
+        "corpus": fingerprint,
+        "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", batch_size: int = 32,
+                  chunk_size: int = 2048, show_progress: bool = True) -> Tuple[np.memmap, DocIdMap]:
+    """(embeddings [N, d] read-only memmap in corpus order, doc_ids).
+
+    `corpus` needs `__len__`, `doc_ids`, `texts(indices)`, `lengths` and `fingerprint()`.
+    Documents go longest first (by `lengths`), in chunks of `chunk_size`; each finished chunk is
+    saved on its own, so an interrupted run resumes where it stopped.
+    """
+    _check_encoder(encoder)
+    check_choice(dtype, "dtype", DTYPES)
+    check_int(batch_size, "batch_size", 1)
+    check_int(chunk_size, "chunk_size", 1)
+    n, doc_ids, lengths = _check_corpus(corpus)
+    cache_dir = os.fspath(cache_dir)
+    fingerprint = _fingerprint(corpus)
+    key = _cache_key(encoder, fingerprint, dtype)
+    final = os.path.join(cache_dir, key)
+    if os.path.isfile(os.path.join(final, "meta.json")):
+        return _load(final, dtype, n)
+
+    work = os.path.join(cache_dir, key + ".partial")
+    os.makedirs(work, exist_ok=True)
+    order = np.argsort(-lengths.astype(np.int64), kind="stable")  # longest first: an OOM shows up at once
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    paths = [os.path.join(work, f"chunk_{s:010d}_{e:010d}.npy") for s, e in chunks]
+    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    already = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
+
+    started = time.perf_counter()
+    with tqdm(total=n, initial=already, disable=not show_progress, desc="encoding corpus", unit="doc") as bar:
+        for i in todo:
+            s, e = chunks[i]
+            texts = corpus.texts(order[s:e].tolist())
+            if len(texts) != e - s:
+                raise ValueError(f"corpus: texts() returned {len(texts)} texts for {e - s} indices")
+            emb = encoder.encode(texts, batch_size=batch_size, on_batch=bar.update).astype(dtype)
+            if not np.isfinite(emb).all():
+                raise ValueError(f"dtype: embeddings overflow {dtype} (values beyond its range); use float32")
+            save_npy_atomic(paths[i], emb)
+    seconds = time.perf_counter() - started
+
+    meta = {"key": key, "count": n, "dim": encoder.dim, "dtype": dtype, "source": encoder.source,
+            "pooling": encoder.pooling, "normalize": encoder.normalize, "max_length": encoder.max_length,
+            "corpus_fingerprint": fingerprint, "chunk_size": chunk_size,
+            "resumed_docs": already, "encode_seconds": round(seconds, 3)}
+    _assemble(final, paths, chunks, order, doc_ids, meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return _load(final, dtype, n)
+
+
+def _assemble(final, paths, chunks, order, doc_ids, meta) -> None:
+    """Scatter the sorted chunks back into corpus order, in a temp dir renamed into place."""
+    parent = os.path.dirname(final)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    try:
+        emb = np.lib.format.open_memmap(os.path.join(tmp, f"embeddings.{meta['dtype']}.npy"), mode="w+",
+                                        dtype=meta["dtype"], shape=(meta["count"], meta["dim"]))
+        for path, (s, e) in zip(paths, chunks):
+            chunk = np.load(path)
+            if chunk.shape != (e - s, meta["dim"]):
+                raise ValueError(f"cache_dir: {path} has shape {chunk.shape}, expected {(e - s, meta['dim'])}; "
+                                 f"delete {os.path.dirname(path)} and re-run")
+            emb[order[s:e]] = chunk
+        emb.flush()
+        del emb
+        doc_ids.write(os.path.join(tmp, "doc_ids.txt"))
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isfile(os.path.join(final, "meta.json")):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same key first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load(folder: str, dtype: str, n: int) -> Tuple[np.memmap, DocIdMap]:
+    emb = np.load(os.path.join(folder, f"embeddings.{dtype}.npy"), mmap_mode="r")
+    doc_ids = DocIdMap.read(os.path.join(folder, "doc_ids.txt"))
+    if emb.shape[0] != n or len(doc_ids) != n:
+        raise ValueError(f"cache_dir: {folder} holds {emb.shape[0]} rows and {len(doc_ids)} ids for a corpus of "
+                         f"{n} documents; delete it and re-run")
+    return emb, doc_ids
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, no copy for CPU tensors
+    return h.hexdigest()
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        config = json.loads(backend.to_str())
+        # Truncation/padding state changes with every call; it is not part of the tokenizer's identity.
+        config.pop("truncation", None)
+        config.pop("padding", None)
+        text = json.dumps(config, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprint(corpus) -> str:
+    fingerprint = corpus.fingerprint()
+    if not isinstance(fingerprint, str):
+        raise TypeError(f"corpus: fingerprint() must return a str, got {type(fingerprint).__name__}")
+    return fingerprint
+
+
+def _check_encoder(encoder) -> None:
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder: expected a drfast Encoder, got {type(encoder).__name__}")
+
+
+def _check_corpus(corpus):
+    for attr in ("doc_ids", "texts", "lengths", "fingerprint"):
+        if not hasattr(corpus, attr):
+            raise TypeError(f"corpus: expected an object with __len__, doc_ids, texts(), lengths and "
+                            f"fingerprint(); {type(corpus).__name__} has no {attr!r}")
+    n = len(corpus)
+    if n == 0:
+        raise ValueError("corpus: is empty")
+    doc_ids = DocIdMap(corpus.doc_ids, name="corpus doc_ids")  # unique, no line breaks
+    lengths = np.asarray(corpus.lengths)
+    if len(doc_ids) != n or lengths.shape != (n,):
+        raise ValueError(f"corpus: len() is {n} but doc_ids has {len(doc_ids)} and lengths shape {lengths.shape}")
+    return n, doc_ids, lengths

@@ -1,0 +1,25 @@
+"""Index specs ("flat", "pq:M", "opq:M") and building an index from one."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from drfast.index.flat import FlatIndex
+from drfast.index.pq import PQIndex
+
+
+def parse_index_spec(spec: str) -> tuple[str, int]:
+    """("flat", 0), ("pq", M) or ("opq", M) from "flat", "pq:M" or "opq:M"."""
+    if spec == "flat":
+        return "flat", 0
+    kind, _, m = spec.partition(":")
+    if kind in ("pq", "opq") and m.isdigit() and int(m) > 0:
+        return kind, int(m)
+    raise ValueError(f"index: expected 'flat', 'pq:M' or 'opq:M' (M sub-vectors, a divisor of the dimension), got {spec!r}")
+
+
+def build_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0):
+    """A FlatIndex over `emb`, or a PQIndex trained on it with faiss."""
+    kind, m = parse_index_spec(spec)
+    if kind == "flat":
+        return FlatIndex(emb, doc_ids)
+    return PQIndex.train(emb, m=m, seed=seed, opq=kind == "opq", doc_ids=doc_ids)

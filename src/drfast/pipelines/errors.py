@@ -1,0 +1,105 @@
+"""`drfast errors`: pairwise errors of a model on a BEIR split (the ADORE paper's Table 1 and Figure 3).
+
+Every query's positives get their exact rank over the whole corpus from the fused search (k=1: the top-k
+is not needed, the ranks come from the same pass), in resumable chunks; `drfast.stats` turns the ranks
+into per-query total and top-K errors and their aggregates. Output: OUTPUT/errors.json and
+OUTPUT/errors.png (queries and errors per decade bin, for total and top-K errors).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from drfast.common.atomic import save_npy_atomic, write_json_atomic
+from drfast.common.checks import check_int
+from drfast.common.csr import offsets_of
+from drfast.common.timing import timed
+from drfast.data.formats import load_beir
+from drfast.encode.corpus_cache import corpus_cache_key
+from drfast.encode.encoders import BiEncoder
+from drfast.eval import error_stats as stats
+from drfast.eval.error_stats import exact_positive_ranks
+from drfast.eval.plots import plot_errors
+from drfast.index.spec import parse_index_spec
+from drfast.pipelines.corpus import corpus_index
+
+
+def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str | os.PathLike,
+               query_model: Optional[str] = None, index_spec: str = "flat", k: int = 200,
+               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", batch_size: int = 64,
+               seed: int = 0, encoder_options: Optional[dict] = None, chunk_size: int = 4096,
+               plot: bool = True) -> dict:
+    """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
+
+    Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
+    chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped."""
+    parse_index_spec(index_spec)  # fail before any encoding
+    check_int(k, "k", 1)
+    check_int(batch_size, "batch_size", 1)
+    check_int(chunk_size, "chunk_size", 1)
+    output = Path(output)
+    timings: dict = {}
+    t_all = time.perf_counter()
+    data = load_beir(data_dir, split)
+    encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
+    index = corpus_index(data_dir, encoders, index_spec, cache_dir, dtype, index_seed=seed, timings=timings)
+    qids = sorted(data.positives)
+    rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
+
+    work = output / f".ranks-{_run_key(encoders, data, qids, rows, index_spec, seed, dtype)}"
+    with timed(timings, "ranks_s"):
+        offsets, ranks = _ranks_in_chunks(index, encoders.query_encoder, [data.queries[q] for q in qids], rows,
+                                          work, batch_size, chunk_size)
+    timings["numba_compile_s"] = round(stats.compile_kernel(), 3)  # a cache load after the first run
+    with timed(timings, "statistics_s"):
+        result = stats.error_statistics(offsets, ranks, k=k, n_docs=index.ntotal)
+    summary = result["summary"]
+    timings["total_s"] = round(time.perf_counter() - t_all, 3)
+    report = {
+        "summary": summary,
+        "per_query": {q: {"total": int(t), "topk": int(tk)} for q, t, tk in zip(qids, result["total"], result["topk"])},
+        "config": {"data": str(data_dir), "split": split, "model": model, "query_model": query_model,
+                   "index": index_spec, "k": k, "dtype": dtype, "seed": seed, "documents": index.ntotal},
+        "timings": timings,
+    }
+    write_json_atomic(output / "errors.json", report)
+    if plot:
+        label = f"{Path(query_model or model).name} on {Path(data_dir).name} {split} ({index_spec})"
+        plot_errors(summary, output / "errors.png", label)
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _run_key(encoders, data, qids, rows, index_spec, seed, dtype) -> str:
+    """What the saved chunks depend on: both towers' content, the corpus, the queries, their texts and
+    positives, and the index."""
+    identity = {"documents": corpus_cache_key(encoders.doc_encoder, data.corpus, dtype),
+                "queries": corpus_cache_key(encoders.query_encoder, data.corpus, dtype),
+                "qids": hashlib.sha256(json.dumps([qids, [data.queries[q] for q in qids], rows]).encode()).hexdigest(),
+                "index": index_spec, "seed": seed}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ranks_in_chunks(index, query_encoder, texts: List[str], rows: List[List[int]], work: Path,
+                     batch_size: int, chunk_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    work.mkdir(parents=True, exist_ok=True)
+    parts = []
+    with tqdm(total=len(texts), desc="exact ranks", unit="query") as bar:
+        for start in range(0, len(texts), chunk_size):
+            end = min(start + chunk_size, len(texts))
+            path = work / f"chunk_{start:010d}_{end:010d}.npy"
+            if not path.exists():
+                emb = query_encoder.encode(texts[start:end], batch_size=batch_size)
+                _, chunk_ranks = exact_positive_ranks(index, emb, rows[start:end], batch_size)
+                save_npy_atomic(path, chunk_ranks)  # a chunk file exists only once it is complete
+            parts.append(np.load(path))
+            bar.update(end - start)
+    return offsets_of(rows), np.concatenate(parts) if parts else np.zeros(0, np.int64)

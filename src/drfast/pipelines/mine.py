@@ -1,0 +1,32 @@
+"""Negatives for a whole BEIR split: what `drfast mine` and STAR's static negatives run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from drfast.index.flat import FlatIndex
+from drfast.negatives.mining import MiningConfig, _check_config, mine_from_bm25, mine_from_index
+from drfast.negatives.trisampler import trisample
+from drfast.pipelines.corpus import corpus_embeddings
+
+
+def mine_split(data: Any, encoders: Any, source: str, config: Optional[MiningConfig] = None,
+               cache_dir: Any = None, dtype: str = "float16", trisampler: Any = None) -> Mapping[str, list]:
+    """Negatives {qid: [row]} for a loaded split's queries with positives (drfast.data.Dataset):
+    BM25's (source "bm25"), or the model's from a flat index of its cached corpus embeddings (source
+    "model"); with a `trisampler` config, TriSampler draws from the model's top `config.depth` instead."""
+    config = _check_config(config)
+    qids = sorted(data.positives)
+    if source == "bm25" and trisampler is None:
+        return mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
+                              {q: data.queries[q] for q in qids}, data.positives, config)
+    if source not in ("model", "bm25"):
+        raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")
+    emb, doc_ids = corpus_embeddings(data.corpus, encoders, cache_dir, dtype)
+    index = FlatIndex(emb, doc_ids)
+    q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
+    pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
+    if trisampler is None:
+        return mine_from_index(index, q_emb, qids, pos_rows, config, texts=data.corpus)
+    picks = trisample(index, q_emb, pos_rows, config.depth, trisampler)
+    return {q: [int(r) for r in row if r >= 0] for q, row in zip(qids, picks.tolist())}

@@ -1,0 +1,95 @@
+"""`drfast star`: static negatives from the warm-up model (or BM25, or TriSampler), STAR or a baseline
+on both towers, evaluation before and after."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from drfast.common.atomic import write_json_atomic
+from drfast.common.checks import check_choice, check_int
+from drfast.common.timing import timed
+from drfast.data.formats import load_beir
+from drfast.encode.encoders import BiEncoder, save_encoder
+from drfast.eval.overlap import NegativeOverlapHook, reencoded_index
+from drfast.negatives.mining import MiningConfig
+from drfast.negatives.trisampler import TriSamplerConfig
+from drfast.pipelines.corpus import corpus_index
+from drfast.pipelines.evaluate import evaluate_encoders
+from drfast.pipelines.mine import mine_split
+from drfast.train.core import periodic_hooks
+from drfast.train.star import StarConfig, StarTrainer
+
+
+# ---- the whole pipeline: what `drfast star` runs ------------------------------------------------
+def static_negatives(data, encoders, source: str, method: str, mining=None, cache_dir=None, dtype="float16",
+                     k: int = 200, seed: int = 0) -> Dict[str, list]:
+    """{qid: [doc_id]} static negatives for the training queries: the warm-up model's top documents
+    (source "model"), BM25's (source "bm25"), or TriSampler's draws from the model's top-k (method
+    "trisampler"); positives are always excluded."""
+    mining = mining or MiningConfig(depth=k, seed=seed)
+    trisampler = TriSamplerConfig(n_negatives=mining.n, seed=seed) if method == "trisampler" else None
+    mined = mine_split(data, encoders, "model" if trisampler else source, mining, cache_dir, dtype, trisampler)
+    ids = data.corpus.doc_ids
+    return {q: [str(ids[r]) for r in rows] for q, rows in mined.items() if rows}
+
+
+def run_star(data_dir, model: str, output, train_split: str = "train", eval_split: str = "test",
+             negatives: str = "model", config: Optional[StarConfig] = None, cache_dir=None, dtype: str = "float16",
+             encoder_options=None, overlap_every: int = 0) -> dict:
+    """Warm-up negatives, evaluation before, STAR (or a baseline, or TriSampler negatives with the
+    STAR loss) on both towers, re-encoding of the corpus, evaluation after; writes OUTPUT/model
+    (both towers: OUTPUT/model/query and OUTPUT/model/document) and OUTPUT/metrics.json.
+
+    `overlap_every` > 0 logs `static_overlap` and `train_mrr10` (drfast.diagnostics) at step 0 and
+    every that many steps, on at most 1000 training queries, against the top-200 of the corpus
+    re-encoded with the current document tower (a whole corpus encoding per check). The static
+    negatives are the method's own (star, static, trisampler), else the starting model's top-200."""
+    config = config or StarConfig()
+    method = config.method
+    check_choice(negatives, "negatives", ("model", "bm25"))
+    check_int(overlap_every, "overlap_every", 0)
+    output = Path(output)
+    timings: dict = {}
+    t_all = time.perf_counter()
+    train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
+    model_ = BiEncoder.load(model, **(encoder_options or {}))
+    with timed(timings, "evaluate_before_s"):
+        before = evaluate_encoders(data_dir, test, model_, cache_dir, dtype)
+    hard = None
+    if method in ("star", "static", "trisampler"):
+        t0 = time.perf_counter()
+        hard = static_negatives(train, model_, negatives, method, cache_dir=cache_dir, dtype=dtype, seed=config.seed)
+        timings["negatives_s"] = round(time.perf_counter() - t0, 3)
+    train_config = dataclasses.replace(config, method="star" if method == "trisampler" else method)
+    hooks = []
+    if overlap_every:
+        depth = 200  # the depth the static negatives are mined from (static_negatives' k)
+        # the starting document tower's corpus is cached already (evaluation before): no re-encoding at step 0
+        start = corpus_index(data_dir, model_, "flat", cache_dir, dtype)
+
+        def index_fn(tr):
+            return start if tr.step == 0 else reencoded_index(tr.model.doc_encoder, tr.corpus)
+
+        hook = (NegativeOverlapHook(train.queries, train.positives, hard, k=depth, index_fn=index_fn) if hard else
+                NegativeOverlapHook.from_index(start, model_.query_encoder, train.queries, train.positives, k=depth,
+                                               index_fn=index_fn))
+        eval_every, hooks = periodic_hooks((overlap_every, hook))
+        train_config = dataclasses.replace(train_config, eval_every=eval_every)
+    trainer = StarTrainer(model_, train.corpus, train.queries, train.positives, hard, train_config, output / "run",
+                          hooks)
+    t0 = time.perf_counter()
+    trainer.train()
+    timings["train_s"] = round(time.perf_counter() - t0, 3)
+    with timed(timings, "evaluate_after_s"):
+        after = evaluate_encoders(data_dir, test, model_, cache_dir, dtype)
+    save_encoder(model_.query_encoder, output / "model" / "query")
+    save_encoder(model_.doc_encoder, output / "model" / "document")
+    timings["total_s"] = round(time.perf_counter() - t_all, 3)
+    report = {"before": before, "after": after, "timings": timings,
+              "config": {"data": str(data_dir), "model": model, "negatives": negatives, "method": method,
+                         "train_split": train_split, "eval_split": eval_split, "overlap_every": overlap_every,
+                         **dataclasses.asdict(config)}}
+    write_json_atomic(output / "metrics.json", report)
+    return report

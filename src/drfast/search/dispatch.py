@@ -1,0 +1,172 @@
+"""The only Python caller of the native module: validates every argument and picks the backend.
+
+Arguments are validated by `drfast.search.validate`; this module runs the chosen backend on
+poisoned outputs and returns the results in the kind of the queries (numpy, or torch on their device).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from drfast import _C
+from drfast.search.validate import check_cutoff, check_k, check_positives, check_queries
+from drfast.search.result import SearchResult
+from drfast.search.torch_path import FlatChunkScorer, PQChunkScorer, torch_search
+
+BACKENDS = ("native", "cuda", "torch")
+_POISON_ID = np.iinfo(np.int64).min
+
+
+def choose_backend(backend: str | None, on_cuda: bool) -> str:
+    if backend is None:
+        if not on_cuda:
+            return "native"
+        # The torch path stays the GPU default until the CUDA kernel is validated on hardware.
+        return "cuda" if os.environ.get("DRFAST_CUDA_KERNEL") == "1" else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+    if backend == "native" and on_cuda:
+        raise ValueError("backend: 'native' runs on the CPU but the index is on a CUDA device; use 'cuda' or 'torch'")
+    if backend == "cuda" and not on_cuda:
+        raise ValueError("backend: 'cuda' needs the index on a CUDA device (index.to('cuda'))")
+    if backend == "cuda" and not _C.built_with_cuda:
+        raise ValueError("backend: 'cuda' is not available: drfast was built without CUDA (DRFAST_CUDA=OFF or no toolkit)")
+    return backend
+
+
+def _finite(x: Any) -> bool:
+    return bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
+
+
+def _check_overflow(result: SearchResult, kept: int) -> None:
+    # NaN here also catches any output the kernel failed to write (outputs are poisoned with NaN).
+    if not (_finite(result.scores[:, :kept]) and _finite(result.pos_scores)):
+        raise ValueError("queries/index: inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
+
+
+def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any, backend: str | None,
+             on_cuda: bool):
+    """Validated (queries, k, cutoff, (offsets, ids), backend)."""
+    queries = check_queries(queries, dim)
+    k, cutoff = check_k(k), check_cutoff(cutoff)
+    return queries, k, cutoff, check_positives(positives, queries.shape[0], N), choose_backend(backend, on_cuda)
+
+
+def _run_native(kernel, B: int, k: int, offsets: np.ndarray, ids: np.ndarray, cutoff: int) -> SearchResult:
+    """Allocates poisoned outputs, runs `kernel(*outputs)` and returns them."""
+    nnz = ids.shape[0]
+    result = SearchResult(
+        ids=np.full((B, k), _POISON_ID, np.int64), scores=np.full((B, k), np.nan, np.float32),
+        pos_offsets=offsets, pos_ids=ids, pos_scores=np.full(nnz, np.nan, np.float32),
+        pos_ranks=np.full(nnz, _POISON_ID, np.int64),
+        pair_weights=np.full((nnz, k), np.nan, np.float32) if cutoff else None)
+    kernel(result.ids, result.scores, result.pos_scores, result.pos_ranks, result.pair_weights)
+    return result
+
+
+def _finish(result: SearchResult, kept: int, queries: Any) -> SearchResult:
+    """Overflow check, then results in the kind (numpy / torch on the queries' device) of the queries."""
+    _check_overflow(result, kept)
+    if isinstance(queries, torch.Tensor):
+        return SearchResult(**{f: None if v is None else torch.as_tensor(v).to(queries.device)
+                               for f, v in vars(result).items()})
+    return SearchResult(**{f: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for f, v in vars(result).items()})
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x)
+
+
+def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: Any = None,
+                backend: str | None = None) -> SearchResult:
+    """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search)."""
+    N, d = docs.shape
+    on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
+    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, d, N, k, positives, cutoff, backend, on_cuda)
+    B = queries.shape[0]
+    if backend == "native":
+        q, docs_np = _numpy(queries), docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
+        result = _run_native(lambda *out: _C.flat_search(q, docs_np, k, offsets, ids, cutoff, *out),
+                             B, k, offsets, ids, cutoff)
+    else:
+        docs = as_tensor(docs)
+        q = as_tensor(queries).to(docs.device).contiguous()
+        off_t, ids_t = torch.from_numpy(offsets).to(docs.device), torch.from_numpy(ids).to(docs.device)
+        if backend == "torch":
+            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff)
+        else:
+            result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
+    return _finish(result, min(k, N), queries)
+
+
+def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: Any = None,
+              backend: str | None = None) -> SearchResult:
+    """Fused search over a PQIndex's codes [N, m] from the [B, m, 256] float32 lookup tables
+    `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search)."""
+    codes = index.codes
+    N = codes.shape[0]
+    on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
+    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, index.dim, N, k, positives, cutoff,
+                                                           backend, on_cuda)
+    B = queries.shape[0]
+    device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
+    luts = index.lookup_tables(as_tensor(queries).to(device))
+    if backend == "native":
+        luts_np, codes_np = _numpy(luts), _numpy(codes)
+        result = _run_native(lambda *out: _C.pq_search(luts_np, codes_np, k, offsets, ids, cutoff, *out),
+                             B, k, offsets, ids, cutoff)
+    else:
+        off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
+        if backend == "torch":
+            result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff)
+        else:
+            result = _cuda_pq_search(luts, codes.contiguous(), k, off_t, ids_t, cutoff)
+    return _finish(result, min(k, N), queries)
+
+
+def as_tensor(x: Any) -> torch.Tensor:
+    """A torch view of a numpy array (zero-copy, memmaps too), or the tensor itself."""
+    if isinstance(x, torch.Tensor):
+        return x
+    with warnings.catch_warnings():  # read-only memmaps are only read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
+
+
+def _cuda_outputs(B: int, k: int, offsets: torch.Tensor, ids: torch.Tensor, cutoff: int) -> SearchResult:
+    dev, nnz = ids.device, ids.shape[0]
+    return SearchResult(
+        ids=torch.full((B, k), _POISON_ID, dtype=torch.int64, device=dev),
+        scores=torch.full((B, k), float("nan"), device=dev),
+        pos_offsets=offsets, pos_ids=ids,
+        pos_scores=torch.full((nnz,), float("nan"), device=dev),
+        pos_ranks=torch.full((nnz,), _POISON_ID, dtype=torch.int64, device=dev),
+        pair_weights=torch.full((nnz, k), float("nan"), device=dev) if cutoff else None)
+
+
+def _output_pointers(res: SearchResult) -> tuple:
+    return (res.ids.data_ptr(), res.scores.data_ptr(), res.pos_scores.data_ptr(), res.pos_ranks.data_ptr(),
+            res.pair_weights.data_ptr() if res.pair_weights is not None else 0)
+
+
+def _cuda_search(q: torch.Tensor, docs: torch.Tensor, k: int, offsets: torch.Tensor, ids: torch.Tensor,
+                 cutoff: int) -> SearchResult:
+    res = _cuda_outputs(q.shape[0], k, offsets, ids, cutoff)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    _C.flat_search_cuda(q.data_ptr(), q.shape[0], q.shape[1], docs.data_ptr(), docs.shape[0],
+                        docs.dtype == torch.float16, k, offsets.data_ptr(), ids.data_ptr(), cutoff,
+                        *_output_pointers(res), stream)
+    return res
+
+
+def _cuda_pq_search(luts: torch.Tensor, codes: torch.Tensor, k: int, offsets: torch.Tensor, ids: torch.Tensor,
+                    cutoff: int) -> SearchResult:
+    res = _cuda_outputs(luts.shape[0], k, offsets, ids, cutoff)
+    stream = torch.cuda.current_stream(luts.device).cuda_stream
+    _C.pq_search_cuda(luts.data_ptr(), luts.shape[0], luts.shape[1], codes.data_ptr(), codes.shape[0], k,
+                      offsets.data_ptr(), ids.data_ptr(), cutoff, *_output_pointers(res), stream)
+    return res

@@ -1,0 +1,68 @@
+"""What the native core runs with: CPU threads, the SIMD level, and what this build can do.
+
+The SIMD level is chosen when the module loads (the best the CPU supports) unless the environment
+variable DRFAST_SIMD names one (avx512, avx2 or generic); `set_simd_level` changes it at run time.
+Every level returns bit-identical results.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+import torch
+
+from drfast import _C
+from drfast.common.checks import check_choice, check_int
+
+SIMD_LEVELS = ("avx512", "avx2", "generic")
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the native CPU kernels (default: OMP_NUM_THREADS or all cores)."""
+    _C.set_num_threads(check_int(n, "n", 1))
+
+
+def get_num_threads() -> int:
+    return _C.num_threads()
+
+
+def supported_simd_levels() -> list:
+    """The SIMD levels this CPU can run, best first."""
+    return _C.supported_simd_levels().split(",")
+
+
+def set_simd_level(level: str) -> None:
+    """Run the CPU kernels with `level` (one of supported_simd_levels())."""
+    check_choice(level, "level", SIMD_LEVELS)
+    if level not in supported_simd_levels():
+        raise ValueError(f"level: this CPU cannot run {level!r}; it supports {', '.join(supported_simd_levels())}")
+    _C.set_simd_level(level)
+
+
+def simd_level() -> str:
+    return _C.simd_level()
+
+
+def build_info() -> dict:
+    """What this build can do: SIMD level in use, threads, CUDA."""
+    return {
+        "version": importlib.metadata.version("drfast"),
+        "simd": simd_level(),
+        "simd_supported": supported_simd_levels(),
+        "threads": get_num_threads(),
+        "cuda_kernels_built": bool(_C.built_with_cuda),
+        "cuda_device_available": bool(_C.cuda_device_available()) or torch.cuda.is_available(),
+        "torch": torch.__version__,
+    }
+
+
+def _apply_environment() -> None:
+    level = os.environ.get("DRFAST_SIMD", "").strip().lower()
+    if level:
+        try:
+            set_simd_level(level)
+        except ValueError as e:
+            raise ValueError(f"DRFAST_SIMD: {e}") from None
+
+
+_apply_environment()

@@ -1,0 +1,116 @@
+"""ADORE (Zhan et al., SIGIR'21, sec. 6.2): train the query encoder against a fixed document index.
+
+Every step encodes a batch of queries, retrieves their current top-k with the fused search (which also
+gives each positive's exact corpus rank and the ΔMRR pair weights), gathers the candidates' vectors from
+the index (decoded vectors for PQ: training sees exactly the index used at inference) and minimises the
+LambdaLoss-weighted RankNet loss (`losses.adore_loss`). The document side never changes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from drfast.common.checks import check_choice, check_float, check_int
+from drfast.common.csr import row_of_each
+from drfast.search.rank_metrics import mean_mrr
+from drfast.train.core import TrainConfig, TrainingRun
+from drfast.train.losses import adore_loss
+
+
+@dataclass
+class AdoreConfig(TrainConfig):
+    """ADORE's settings on top of the shared ones (lr, batch, epochs, ... in TrainConfig)."""
+
+    k: int = 200                      # retrieved candidates per query (negatives come from these)
+    cutoff: int = 10                  # ΔMRR weights at MRR@cutoff (the paper: 200 passages, 10 documents)
+    score_scale: Optional[float] = None  # scores are multiplied by this in the loss; None: the model's
+    #                                   similarity scale (20 for normalised sentence-transformers models, else 1)
+    only_if_unretrieved: bool = False  # the reference's rule: unretrieved positives only when none is retrieved
+    normalizer: str = "pairs"         # per-query divisor: all (positive, negative) pairs as the reference
+    #                                   code, or only the "nonzero"-weight ones
+
+    def check(self) -> None:
+        super().check()
+        for name in ("k", "cutoff"):
+            check_int(getattr(self, name), name, 1)
+        if self.score_scale is not None:
+            check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
+        check_choice(self.normalizer, "normalizer", ("pairs", "nonzero"))
+
+
+def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
+                     score_scale: float = 1.0, only_if_unretrieved: bool = False, normalizer: str = "pairs"):
+    """The non-encoder part of an ADORE step: (loss, info) for query embeddings q [B, d] (with grad).
+
+    One fused search gives the top-k, the positives' exact ranks and the pair weights; candidates and
+    positives are scored with gradients against the index's own (decoded) vectors."""
+    B = q.shape[0]
+    res = index.search(q.detach().float(), k=k, positives=positives, cutoff=cutoff)
+    ids = res.ids.to(q.device)
+    cand = index.reconstruct(ids.clamp(min=0).reshape(-1).cpu()).to(q.device).view(B, ids.shape[1], -1)
+    pos = index.reconstruct(res.pos_ids.cpu()).to(q.device)
+    offsets = res.pos_offsets.to(q.device)
+    pos_query = row_of_each(offsets)
+    qf = q.float()
+    cand_scores = torch.einsum("bd,bkd->bk", qf, cand)
+    pos_scores = (qf[pos_query] * pos).sum(-1)
+    loss, stats = adore_loss(cand_scores, pos_scores, offsets, res.pair_weights.to(q.device), score_scale,
+                             only_if_unretrieved, ids=ids, pos_ids=res.pos_ids.to(q.device), normalizer=normalizer)
+    info = dict(stats, mrr10=mean_mrr(res.pos_offsets, res.pos_ranks))
+    return loss, info
+
+
+class AdoreTrainer(TrainingRun):
+    """Trains `query_encoder` (a drfast Encoder) on `queries` {qid: text} with `positives`
+    {qid: [doc_id, ...]} against `index` (FlatIndex or PQIndex whose doc_ids name the rows).
+
+    Run management (checkpoints, resume, log, hooks) comes from `TrainingRun`.
+    """
+
+    summed = ("pairs", "nonencoder_s")
+
+    def __init__(self, query_encoder, index, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
+                 config: Optional[AdoreConfig] = None, output_dir: Optional[str | os.PathLike] = None,
+                 hooks: Sequence[Callable] = ()):
+        config = config or AdoreConfig()
+        config.check()
+        if query_encoder.dim != index.dim:
+            raise ValueError(f"query_encoder: dimension {query_encoder.dim} differs from the index's {index.dim}")
+        if config.k > index.ntotal:
+            raise ValueError(f"k: {config.k} candidates asked but the index has only {index.ntotal} rows")
+        self.rows: Dict[str, List[int]] = {}
+        for qid in sorted(positives):
+            if qid not in queries:
+                raise ValueError(f"positives: query {qid!r} has no text in queries")
+            docs = list(positives[qid])
+            if not docs:
+                raise ValueError(f"positives: query {qid!r} has no positive document (drop it from the training set)")
+            rows = index.doc_ids.rows(docs, name="positives", owner=f"query {qid!r}")
+            self.rows[qid] = sorted(set(rows.tolist()))
+        if not self.rows:
+            raise ValueError("positives: no training query")
+        super().__init__(query_encoder, sorted(self.rows), config, output_dir, hooks)
+        self.encoder, self.index, self.queries = query_encoder, index, queries
+        self.scale = float(config.score_scale or getattr(query_encoder, "similarity_scale", 1.0))
+
+    def micro_batch(self, qids: Sequence[str]):
+        with self.autocast():
+            q = self.encoder([self.queries[qid] for qid in qids])
+        t0 = time.perf_counter()
+        c = self.config
+        loss, info = adore_batch_loss(q.float(), self.index, [self.rows[qid] for qid in qids], c.k, c.cutoff,
+                                      self.scale, c.only_if_unretrieved, c.normalizer)
+        # search + gather + loss: the part drfast owns (its backward is folded into the encoder's)
+        return loss, dict(info, nonencoder_s=time.perf_counter() - t0)
+
+    def _record(self, epoch: int, window: List[dict], step_s: float) -> dict:
+        record = super()._record(epoch, window, step_s)
+        record["nonencoder_share"] = record.pop("nonencoder_s") / step_s
+        return {k: record[k] for k in ("step", "epoch", "lr", "loss", "mrr10", "pairs", "step_s", "nonencoder_share")}
+
+    def progress(self, record: dict) -> dict:
+        return {"loss": f"{record['loss']:.4f}", "mrr10": f"{record['mrr10']:.3f}"}

@@ -1,0 +1,135 @@
+"""STAR (Zhan et al., SIGIR'21, sec. 6.1) and the negative-sampling baselines, training both towers.
+
+Each batch row is a query, one of its positives and (for STAR, Static and Rand Neg) n negatives:
+static hard negatives from a warm-up model (STAR, Static) or uniform corpus rows (Rand Neg). Every
+document of the batch is encoded once (deduplicated), and each query is scored against all of them:
+- STAR: its own hard negatives (the hard term) and every other document of the batch, the in-batch
+  "random" negatives reused at no extra encoder cost (the random term);
+- In-Batch: the other rows' positives only; Rand Neg and Static: the row's own negatives only.
+Pairs whose document is a known positive of the query are masked (false negatives, by id). The loss
+is RankNet log(1 + exp(s⁻ − s⁺)); STAR's total is α·L_random + L_hard (Eq. 13), or, by default, the
+reference implementation's plain mean over all unmasked pairs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from drfast.common.checks import check_choice, check_float, check_int
+from drfast.train.core import TrainConfig, TrainingRun
+from drfast.train.losses import ranknet_loss
+
+METHODS = ("star", "inbatch", "randneg", "static")  # trisampler: star's loss on TriSampler negatives (run_star)
+
+
+@dataclass
+class StarConfig(TrainConfig):
+    """STAR / baseline settings on top of the shared ones."""
+
+    method: str = "star"               # star | inbatch | randneg | static
+    n_negatives: int = 1               # negatives per row (hard for star/static, uniform for randneg)
+    alpha: Optional[float] = None      # None: one mean over all pairs; else alpha * L_random + L_hard
+    score_scale: Optional[float] = None  # None: the model's similarity scale (20 cosine, else 1)
+
+    def check(self) -> None:
+        super().check()
+        check_choice(self.method, "method", METHODS)
+        check_int(self.n_negatives, "n_negatives", 1)
+        if self.alpha is not None:
+            check_float(self.alpha, "alpha", 0.0)
+        if self.score_scale is not None:
+            check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
+
+
+def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, neg_cols: torch.Tensor,
+                    known_pos: torch.Tensor, method: str = "star", alpha: Optional[float] = None,
+                    score_scale: float = 1.0) -> torch.Tensor:
+    """Loss of one batch: q [B, d] and the batch's distinct documents docs [U, d]; pos_col [B] is each
+    query's positive column, neg_cols [B, n] its own negatives' columns (-1: none), known_pos [B, U]
+    True where a column is a positive of that query (those are never negatives)."""
+    B, U = q.shape[0], docs.shape[0]
+    if known_pos.shape != (B, U):
+        raise ValueError(f"known_pos: expected shape [{B}, {U}], got {tuple(known_pos.shape)}")
+    s = q @ docs.T                                                    # [B, U]
+    s_pos = s.gather(1, pos_col[:, None]).squeeze(1)
+    own = torch.zeros(B, U + 1, dtype=torch.bool, device=s.device)    # column U collects the -1 padding
+    own.scatter_(1, torch.where(neg_cols < 0, U, neg_cols), True)
+    hard = own[:, :U] & ~known_pos
+    random = ~known_pos & ~own[:, :U]
+    if method in ("randneg", "static"):
+        return ranknet_loss(s_pos, s, hard, score_scale)
+    if method == "inbatch":
+        return ranknet_loss(s_pos, s, random, score_scale)
+    if alpha is None:
+        return ranknet_loss(s_pos, s, hard | random, score_scale)
+    return alpha * ranknet_loss(s_pos, s, random, score_scale) + ranknet_loss(s_pos, s, hard, score_scale)
+
+
+class StarTrainer(TrainingRun):
+    """Trains both towers of `model` (a drfast BiEncoder) on `queries` {qid: text} with `positives`
+    {qid: [doc_id]} and, for star/static, static `negatives` {qid: [doc_id]} (from `drfast.mining` or
+    TriSampler). `corpus` gives document texts (`rows(doc_ids)`, `texts(rows)`, `__len__`)."""
+
+    def __init__(self, model, corpus, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
+                 negatives: Optional[Dict[str, Sequence[str]]] = None, config: Optional[StarConfig] = None,
+                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Callable] = ()):
+        config = config or StarConfig()
+        config.check()
+        if config.method in ("star", "static") and not negatives:
+            raise ValueError(f"negatives: method {config.method!r} needs static hard negatives per query")
+        self.pos_rows: Dict[str, np.ndarray] = {}
+        self.neg_rows: Dict[str, np.ndarray] = {}
+        for qid in sorted(positives):
+            if qid not in queries:
+                raise ValueError(f"positives: query {qid!r} has no text in queries")
+            if not positives[qid]:
+                raise ValueError(f"positives: query {qid!r} has no positive document (drop it from the training set)")
+            self.pos_rows[qid] = corpus.rows(list(positives[qid]))
+            if config.method in ("star", "static"):
+                negs = corpus.rows(list(negatives.get(qid, [])))
+                negs = negs[~np.isin(negs, self.pos_rows[qid])]
+                if negs.size == 0:
+                    raise ValueError(f"negatives: query {qid!r} has no hard negative that is not a positive")
+                self.neg_rows[qid] = np.unique(negs)
+        super().__init__(model, sorted(self.pos_rows), config, output_dir, hooks)
+        self.corpus, self.queries = corpus, queries
+        self.scale = float(config.score_scale or getattr(model.query_encoder, "similarity_scale", 1.0))
+
+    def _sample(self, qids: Sequence[str]):
+        """One positive and n negatives per query, drawn from a generator seeded by the position in
+        the run, so a resumed run draws the same."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, self.micro])
+        pos = np.array([rng.choice(self.pos_rows[q]) for q in qids], np.int64)
+        if c.method == "inbatch":
+            return pos, np.full((len(qids), 0), -1, np.int64)
+        negs = np.full((len(qids), c.n_negatives), -1, np.int64)
+        for i, q in enumerate(qids):
+            if c.method == "randneg":
+                size = min(len(self.corpus), c.n_negatives + len(self.pos_rows[q]))
+                pool = rng.choice(len(self.corpus), size=size, replace=False)
+                pool = pool[~np.isin(pool, self.pos_rows[q])][:c.n_negatives]
+            else:
+                pool = rng.choice(self.neg_rows[q], size=min(c.n_negatives, len(self.neg_rows[q])), replace=False)
+            negs[i, :len(pool)] = pool
+        return pos, negs
+
+    def micro_batch(self, qids: Sequence[str]):
+        pos, negs = self._sample(qids)
+        rows = np.unique(np.concatenate([pos, negs[negs >= 0]]))       # each document encoded once
+        col = {int(r): i for i, r in enumerate(rows)}
+        device = self.device
+        pos_col = torch.tensor([col[int(r)] for r in pos], device=device)
+        neg_cols = torch.tensor([[col[int(r)] if r >= 0 else -1 for r in row] for row in negs], dtype=torch.int64,
+                                device=device).reshape(len(qids), -1)
+        known_pos = torch.tensor(np.stack([np.isin(rows, self.pos_rows[q]) for q in qids]), device=device)
+        with self.autocast():
+            q = self.model.query_encoder([self.queries[qid] for qid in qids])
+            d = self.model.doc_encoder(self.corpus.texts(rows))
+        loss = star_batch_loss(q.float(), d.float(), pos_col, neg_cols, known_pos, self.config.method,
+                               self.config.alpha, self.scale)
+        return loss, {"docs": float(len(rows))}
