@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drfast.data.formats import Corpus, DataFormatError, TrainingExample, beir_splits, doc_text, iter_training_examples, load_beir, load_msmarco, load_qrels, load_queries, write_training_examples
+from drfast.data import Corpus, DataFormatError, TrainingExample, beir_splits, doc_text, iter_training_examples, load_beir, load_msmarco, load_qrels, load_queries, write_training_examples
 
 
 # Characters that trip byte/char confusions and naive line splitting: multi-byte UTF-8 (2, 3 and

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import drfast
-from drfast.data.formats import Corpus, iter_training_examples
+from drfast.data import Corpus, iter_training_examples
 from drfast.negatives.mining import MinedNegatives, MiningConfig, format_statistics, mine_from_bm25, mine_from_index, score_statistics, write_mined
 
 Q = np.array([[1.0, 0.0]], dtype=np.float32)

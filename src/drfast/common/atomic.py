@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 import numpy as np
+import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,8 +65,6 @@ def save_npy_atomic(path: PathLike, array: np.ndarray) -> Path:
 
 
 def save_torch_atomic(path: PathLike, obj: Any) -> Path:
-    import torch
-
     return write_file_atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -32,7 +32,7 @@ class DocIdMap(Sequence):
     @classmethod
     def range(cls, n: int) -> "DocIdMap":
         """The default ids "0".."n-1"."""
-        return cls(np.arange(n).astype(np.bytes_))
+        return cls(np.arange(n).astype(f"S{len(str(max(n - 1, 0)))}"))
 
     def _check(self, name: str) -> None:
         ids = self._ids
@@ -146,7 +146,7 @@ def _as_bytes_array(ids: Any, name: str, check: bool = True) -> np.ndarray:
         if ids.dtype.kind == "U":
             return np.char.encode(ids.reshape(-1), "utf-8")
         if ids.dtype.kind in "iu":
-            return ids.reshape(-1).astype(np.bytes_)
+            return ids.reshape(-1).astype(f"S{len(str(int(abs(ids).max()))) + 1 if ids.size else 1}")
         ids = ids.tolist()
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{name}: expected a sequence of document ids, got a single {type(ids).__name__}")

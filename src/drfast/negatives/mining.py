@@ -29,7 +29,9 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
-from drfast.data.formats import PathLike, TrainingExample, write_training_examples
+from drfast.common.doc_ids import DocIdMap
+from drfast.data import TrainingExample, write_training_examples
+from drfast.data.parsing import PathLike
 
 __all__ = ["MiningConfig", "MinedNegatives", "mine_from_index", "mine_from_bm25", "score_statistics",
            "format_statistics", "write_mined"]
@@ -234,25 +236,19 @@ def mine_from_bm25(corpus_texts: Sequence[str], doc_ids: Sequence[str], queries:
     try:
         import bm25s
     except ImportError:
-        raise ImportError("mine_from_bm25 needs the bm25s package: pip install bm25s") from None
+        raise ImportError("BM25 negatives need the bm25s package: pip install 'drfast[bm25]' (or pip install bm25s)") from None
     config = _check_config(config)
     corpus_texts = list(corpus_texts)
-    doc_ids = [str(d) for d in doc_ids]
+    doc_ids = DocIdMap(doc_ids, name="doc_ids")  # unique ids, looked up without a dict of every id
     if len(doc_ids) != len(corpus_texts):
         raise ValueError(f"doc_ids: expected one id per text ({len(corpus_texts)}), got {len(doc_ids)}")
     if not corpus_texts:
         raise ValueError("corpus_texts: the corpus is empty")
-    row_of = {d: r for r, d in enumerate(doc_ids)}
-    if len(row_of) != len(doc_ids):
-        raise ValueError("doc_ids: document ids must be unique")
     check_int(batch_size, "batch_size", 1)
 
-    pos_lists: dict[str, list[int]] = {}
-    for qid in queries:
-        for d in positives.get(qid, ()):
-            if str(d) not in row_of:
-                raise ValueError(f"positives: document {d!r} of query {qid!r} is not in doc_ids")
-        pos_lists[qid] = [row_of[str(d)] for d in positives.get(qid, ())]
+    pos_lists: dict[str, list[int]] = {
+        qid: doc_ids.rows([str(d) for d in positives.get(qid, ())], name="positives", where="doc_ids",
+                          owner=f"query {qid!r}").tolist() for qid in queries}
 
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(corpus_texts, stopwords="en", return_ids=False, show_progress=False),

@@ -1,0 +1,169 @@
+"""Corpus: a document collection (BEIR corpus.jsonl or MS MARCO collection.tsv) read on demand.
+
+The corpus is never held in memory as Python strings: one pass at open records the byte offset of
+every line, so a document is read back by seeking (MS MARCO has 8.8M passages). Documents follow the
+BEIR convention: text = (title + " " + text).strip().
+"""
+from __future__ import annotations
+
+import hashlib
+from array import array
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from drfast.common.doc_ids import DocIdMap
+from drfast.data.parsing import (DataFormatError, PathLike, _decode, _id, _json_object, _line_of_offset, _sniff_format,
+                                 _string, doc_text)
+
+def _parse_jsonl_doc(path: PathLike, lineno: int, line: str) -> tuple[str, str]:
+    obj = _json_object(path, lineno, line)
+    doc_id = _id(path, lineno, obj, "_id")
+    return doc_id, doc_text(_string(path, lineno, obj, "title", False), _string(path, lineno, obj, "text", True))
+
+
+def _parse_tsv_doc(path: PathLike, lineno: int, line: str) -> tuple[str, str]:
+    fields = line.split("\t")
+    if len(fields) == 2:
+        doc_id, title, text = fields[0], "", fields[1]
+    elif len(fields) == 3:
+        doc_id, title, text = fields
+    else:
+        raise DataFormatError(path, lineno, f"expected 2 or 3 tab-separated columns (docid, [title,] text), got {len(fields)}")
+    if not doc_id:
+        raise DataFormatError(path, lineno, "expected a non-empty docid in the first column")
+    return doc_id, doc_text(title, text)
+
+
+_PARSERS = {"jsonl": _parse_jsonl_doc, "tsv": _parse_tsv_doc}
+
+
+_ID_CHUNK = 1 << 20  # ids are packed into numpy arrays this many at a time while indexing
+
+
+_PROGRESS_MIN_BYTES = 32 << 20  # about 100k MS MARCO passages; smaller files index in a blink
+
+
+class Corpus:
+    """A document collection read on demand from `corpus.jsonl` ({"_id", "title", "text"}) or an
+    MS MARCO `collection.tsv` (docid<TAB>text or docid<TAB>title<TAB>text).
+
+    Opening makes one pass that records, per document (row), the byte offset of its line, its text
+    length in characters and its id. Rows follow file order; blank lines are skipped.
+    """
+
+    def __init__(self, path: PathLike, format: Optional[str] = None):
+        self.path = Path(path)
+        self.format = format or _sniff_format(self.path)
+        if self.format not in _PARSERS:
+            raise ValueError(f"format: expected 'jsonl' or 'tsv', got {self.format!r}")
+        stat = self.path.stat()
+        self._stat = (stat.st_size, stat.st_mtime_ns)
+        self.offsets, self.lengths, ids = self._index(stat.st_size)
+        self.doc_ids = self._id_map(ids)
+
+    def _index(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parse = _PARSERS[self.format]
+        offsets, lengths = array("q"), array("q")  # compact while growing, unlike a list of ints
+        id_chunks: list[np.ndarray] = []
+        ids: list[str] = []
+        offset = 0
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"indexing {self.path.name}",
+                   disable=True if size < _PROGRESS_MIN_BYTES else None)  # None: off when not a tty
+        with open(self.path, "rb") as f, bar:
+            for lineno, raw in enumerate(f, 1):
+                start, offset = offset, offset + len(raw)
+                if raw.isspace():
+                    continue
+                doc_id, text = parse(self.path, lineno, _decode(self.path, lineno, raw))
+                offsets.append(start)
+                lengths.append(len(text))
+                ids.append(doc_id)
+                if len(ids) == _ID_CHUNK:
+                    id_chunks.append(np.array(ids))
+                    ids = []
+                if lineno % 65536 == 0:
+                    bar.update(offset - bar.n)
+            bar.update(offset - bar.n)
+        id_chunks.append(np.array(ids, dtype=str))
+        return (np.frombuffer(offsets, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
+                np.concatenate(id_chunks))
+
+    def _id_map(self, ids: np.ndarray) -> DocIdMap:
+        """The ids as a DocIdMap (compact, binary-searched: no dict of millions of Python strings); a
+        duplicate or unstorable id is reported with its line numbers."""
+        try:
+            return DocIdMap(ids, name="doc_ids")
+        except ValueError:
+            pass
+        order = np.argsort(ids, kind="stable")
+        same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if same.size:
+            first, second = sorted(order[same[0]:same[0] + 2])
+            lines = [_line_of_offset(self.path, int(self.offsets[r])) for r in (first, second)]
+            raise DataFormatError(self.path, lines[1], f"duplicate document id {str(ids[first])!r} "
+                                                       f"(first on line {lines[0]})")
+        bad = next(r for r, d in enumerate(ids.tolist()) if not d or any(c in d for c in "\n\r\x00"))
+        raise DataFormatError(self.path, _line_of_offset(self.path, int(self.offsets[bad])),
+                              f"document id {str(ids[bad])!r} is empty or contains a line break or NUL")
+
+    # -- size and identity -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.path)!r}, format={self.format!r}, docs={len(self)})"
+
+    def fingerprint(self) -> str:
+        """A short hex key for caches built from this corpus (embeddings, indexes)."""
+        key = f"{self.path.resolve()}\0{self._stat[0]}\0{self._stat[1]}\0{len(self)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _open(self):
+        stat = self.path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != self._stat:
+            # the recorded offsets would point into the middle of other lines
+            raise RuntimeError(f"{self.path} changed since it was indexed; open the Corpus again")
+        return open(self.path, "rb")
+
+    def text(self, i: int) -> str:
+        return self.texts([i])[0]
+
+    def texts(self, indices: Iterable[int]) -> list[str]:
+        """Texts of the given rows, in the order given (read in file order to keep seeks forward)."""
+        rows = np.asarray(indices if isinstance(indices, (np.ndarray, list, tuple)) else list(indices),
+                          dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"indices: rows must be in [0, {len(self)}), got {rows.min()}..{rows.max()}")
+        rows = rows % max(len(self), 1)  # numpy-style negative indices
+        parse = _PARSERS[self.format]
+        out: list[str] = [""] * rows.size
+        with self._open() as f:
+            for k in np.argsort(self.offsets[rows], kind="stable"):
+                f.seek(int(self.offsets[rows[k]]))
+                out[k] = parse(self.path, 0, _decode(self.path, 0, f.readline()))[1]
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(doc_id, text) in row order, read sequentially."""
+        parse = _PARSERS[self.format]
+        with self._open() as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.isspace():
+                    yield parse(self.path, lineno, _decode(self.path, lineno, raw))
+
+    # -- ids -> rows -----------------------------------------------------------------------
+
+    def rows(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers (int64) of external document ids; KeyError for an unknown id."""
+        doc_ids = [str(d) for d in doc_ids]
+        rows = self.doc_ids.lookup(doc_ids)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            raise KeyError(f"document id {str(list(doc_ids)[missing[0]])!r} is not in {self.path}")
+        return rows

@@ -1,0 +1,161 @@
+"""Queries, TREC/BEIR qrels and whole collections: BEIR folders and MS MARCO TSV files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from drfast.data.corpus import Corpus
+from drfast.data.parsing import DataFormatError, PathLike, _id, _json_object, _lines, _sniff_format, _string
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries and relevance judgments
+
+
+def load_queries(path: PathLike) -> dict[str, str]:
+    """All queries of a BEIR `queries.jsonl` ({"_id", "text"}) or an MS MARCO `queries.tsv` (qid<TAB>text)."""
+    path = Path(path)
+    jsonl = _sniff_format(path) == "jsonl"
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, line in _lines(path):
+        if jsonl:
+            obj = _json_object(path, lineno, line)
+            qid, text = _id(path, lineno, obj, "_id"), _string(path, lineno, obj, "text", True)
+        else:
+            fields = line.split("\t")
+            if len(fields) != 2 or not fields[0]:
+                raise DataFormatError(path, lineno, f"expected 2 tab-separated columns (qid, text), got {len(fields)}")
+            qid, text = fields
+        if qid in queries:
+            raise DataFormatError(path, lineno, f"duplicate query id {qid!r} (first on line {first_line[qid]})")
+        queries[qid], first_line[qid] = text, lineno
+    return queries
+
+
+_BEIR_HEADER = ["query-id", "corpus-id", "score"]
+_QRELS_COLUMNS = {3: "query-id, corpus-id, score", 4: "qid, iteration, docid, relevance"}
+
+
+def _iter_qrels(path: PathLike) -> Iterator[tuple[int, str, str, int]]:
+    """(line, query id, doc id, relevance) from BEIR tsv (3 columns, optional header) or TREC
+    (4 whitespace-separated columns); the first data line decides which."""
+    ncols = None
+    for lineno, line in _lines(path):
+        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
+        if ncols is None:
+            if [f.lower() for f in fields] == _BEIR_HEADER:
+                ncols = 3
+                continue
+            if len(fields) not in _QRELS_COLUMNS:
+                raise DataFormatError(path, lineno, "expected BEIR qrels (query-id<TAB>corpus-id<TAB>score) or "
+                                                    f"TREC qrels (qid iteration docid relevance), got {len(fields)} columns")
+            ncols = len(fields)
+        if len(fields) != ncols:
+            raise DataFormatError(path, lineno, f"expected {ncols} columns ({_QRELS_COLUMNS[ncols]}), got {len(fields)}")
+        qid, docid, score = (fields[0], fields[1], fields[2]) if ncols == 3 else (fields[0], fields[2], fields[3])
+        if not qid or not docid:
+            raise DataFormatError(path, lineno, "expected non-empty query and document ids")
+        try:
+            rel = int(score)
+        except ValueError:
+            raise DataFormatError(path, lineno, f"expected an integer relevance score, got {score!r}") from None
+        yield lineno, qid, docid, rel
+
+
+def load_qrels(path: PathLike) -> dict[str, dict[str, int]]:
+    """{query id: {doc id: graded relevance}}, every judgment kept (including 0 and negative grades)."""
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, qid, docid, rel in _iter_qrels(path):
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            raise DataFormatError(path, lineno, f"duplicate judgment for query {qid!r}, document {docid!r}")
+        judged[docid] = rel
+    return qrels
+
+
+def positives_from_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """Documents with relevance > 0, per query, in file order; queries without any are left out."""
+    out = {qid: [d for d, rel in judged.items() if rel > 0] for qid, judged in qrels.items()}
+    return {qid: docs for qid, docs in out.items() if docs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+@dataclass
+class Dataset:
+    """A corpus, the queries of one split (those with judgments, in qrels order) and their qrels."""
+
+    corpus: Corpus
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    queries_path: Path
+    positives: dict[str, list[str]] = field(init=False, repr=False)  # rel > 0 only
+
+    def __post_init__(self) -> None:
+        self.positives = positives_from_qrels(self.qrels)
+
+    def all_queries(self) -> dict[str, str]:
+        """Every query in the queries file, judged in this split or not."""
+        return load_queries(self.queries_path)
+
+    def __repr__(self) -> str:
+        judgments = sum(len(j) for j in self.qrels.values())
+        return f"Dataset(corpus={self.corpus!r}, queries={len(self.queries)}, judgments={judgments})"
+
+
+def _make_dataset(corpus: Corpus, queries_path: Path, qrels_path: Path) -> Dataset:
+    all_queries = load_queries(queries_path)
+    qrels = load_qrels(qrels_path)
+    # A judged query or document that does not exist is a broken dataset, not a zero score.
+    for qid in qrels:
+        if qid not in all_queries:
+            raise DataFormatError(qrels_path, _first_line(qrels_path, "query", qid),
+                                  f"query id {qid!r} is not in {queries_path}")
+    docids = [d for judged in qrels.values() for d in judged]
+    missing = np.flatnonzero(corpus.doc_ids.lookup(docids) < 0)
+    if missing.size:
+        docid = docids[missing[0]]
+        raise DataFormatError(qrels_path, _first_line(qrels_path, "doc", docid),
+                              f"document id {docid!r} is not in {corpus.path}")
+    return Dataset(corpus, {qid: all_queries[qid] for qid in qrels}, qrels, queries_path)
+
+
+def beir_splits(folder: PathLike) -> list[str]:
+    """Splits of a BEIR folder: the names of its qrels/*.tsv files."""
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+
+
+def load_beir(folder: PathLike, split: str) -> Dataset:
+    """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."""
+    folder = Path(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise FileNotFoundError(f"{qrels_path}: no split {split!r} in {folder}; available splits: "
+                                f"{', '.join(beir_splits(folder)) or 'none'}")
+    return _make_dataset(Corpus(folder / "corpus.jsonl"), folder / "queries.jsonl", qrels_path)
+
+
+def load_msmarco(collection_tsv: PathLike, queries_tsv: PathLike, qrels_path: PathLike) -> Dataset:
+    """MS MARCO style: collection.tsv, queries.tsv (qid<TAB>text), qrels in TREC or BEIR format."""
+    return _make_dataset(Corpus(collection_tsv), Path(queries_tsv), Path(qrels_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training examples (Tevatron jsonl)
+
+
+def _first_line(path: PathLike, kind: str, ident: str) -> int:
+    """Line of the first occurrence of `ident`; only called to word an error message."""
+    for lineno, qid, docid, _ in _iter_qrels(path):
+        if (qid if kind == "query" else docid) == ident:
+            return lineno
+    return 0
