@@ -357,3 +357,42 @@ def test_real_collections(real_data, name, split, docs, queries, judgments):
     sample = np.random.default_rng(0).choice(docs, size=50, replace=False)
     items = list(ds.corpus)
     assert ds.corpus.texts(sample) == [items[i][1] for i in sample]
+
+
+# -- hostile inputs (reliability probe) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grade", ["2147483648", "-2147483649", "1001", "99999999999999999999"])
+def test_huge_relevance_grades_are_refused_at_load_time(tmp_path, grade):
+    path = write_lines(tmp_path / "q.tsv", ["query-id\tcorpus-id\tscore", "q1\ta\t1", f"q1\tb\t{grade}"])
+    with pytest.raises(DataFormatError, match=rf"q\.tsv, line 3: relevance score {grade} is outside"):
+        load_qrels(path)
+
+
+def test_fractional_grades_need_round_grades(tmp_path):
+    path = write_lines(tmp_path / "q.txt", ["q1 0 a 1.5", "q1 0 b 2.5", "q1 0 c 0.4"])
+    with pytest.raises(DataFormatError, match=r"line 1: expected an integer relevance score, got '1.5' \(round_grades"):
+        load_qrels(path)
+    assert load_qrels(path, round_grades=True) == {"q1": {"a": 2, "b": 2, "c": 0}}  # half to even
+    with pytest.raises(DataFormatError, match="got 'nan'"):
+        load_qrels(write_lines(tmp_path / "n.txt", ["q1 0 a nan"]), round_grades=True)
+
+
+def test_a_utf8_bom_is_ignored_everywhere(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [{"_id": "d1", "title": "T", "text": "first"}, {"_id": "d2", "text": "second"}]
+    (folder / "corpus.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(d) + "\n" for d in docs).encode())
+    (folder / "queries.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"_id": "q1", "text": "query"}\n')
+    (folder / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    ds = load_beir(folder, "test")
+    assert list(ds.corpus.doc_ids) == ["d1", "d2"] and ds.queries == {"q1": "query"}
+    assert ds.corpus.texts([0, 1]) == ["T first", "second"] and ds.corpus.text(0) == "T first"
+    assert ds.positives == {"q1": ["d1"]}
+
+
+@pytest.mark.parametrize("bad_id", ["", "a\rb"])
+def test_unstorable_doc_ids_are_reported_with_their_line(tmp_path, bad_id):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "ok", "text": "x"}, {"_id": bad_id, "text": "y"}])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl, line 2"):
+        Corpus(path)

@@ -145,8 +145,13 @@ class Corpus:
         out: list[str] = [""] * rows.size
         with self._open() as f:
             for k in np.argsort(self.offsets[rows], kind="stable"):
-                f.seek(int(self.offsets[rows[k]]))
-                out[k] = parse(self.path, 0, _decode(self.path, 0, f.readline()))[1]
+                offset = int(self.offsets[rows[k]])
+                f.seek(offset)
+                raw = f.readline()
+                try:
+                    out[k] = parse(self.path, 0, _decode(self.path, 0, raw))[1]
+                except DataFormatError as e:  # the file changed under us; say where
+                    raise DataFormatError(self.path, _line_of_offset(self.path, offset), e.message) from None
         return out
 
     def __iter__(self) -> Iterator[tuple[str, str]]:

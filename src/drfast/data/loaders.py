@@ -1,6 +1,7 @@
 """Queries, TREC/BEIR qrels and whole collections: BEIR folders and MS MARCO TSV files."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -41,11 +42,16 @@ def load_queries(path: PathLike) -> dict[str, str]:
 
 _BEIR_HEADER = ["query-id", "corpus-id", "score"]
 _QRELS_COLUMNS = {3: "query-id, corpus-id, score", 4: "qid, iteration, docid, relevance"}
+# Relevance grades are small integers (TREC uses 0-4, some collections -2..3). trec_eval stores them in
+# C ints and allocates per grade level, so a huge grade crashes or exhausts memory: refuse it here.
+MAX_GRADE = 1000
 
 
-def _iter_qrels(path: PathLike) -> Iterator[tuple[int, str, str, int]]:
+def _iter_qrels(path: PathLike, round_grades: bool = False) -> Iterator[tuple[int, str, str, int]]:
     """(line, query id, doc id, relevance) from BEIR tsv (3 columns, optional header) or TREC
-    (4 whitespace-separated columns); the first data line decides which."""
+    (4 whitespace-separated columns); the first data line decides which. Grades are integers in
+    [-MAX_GRADE, MAX_GRADE]; a fractional grade is an error unless `round_grades` (then rounded half
+    to even)."""
     ncols = None
     for lineno, line in _lines(path):
         fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
@@ -62,17 +68,31 @@ def _iter_qrels(path: PathLike) -> Iterator[tuple[int, str, str, int]]:
         qid, docid, score = (fields[0], fields[1], fields[2]) if ncols == 3 else (fields[0], fields[2], fields[3])
         if not qid or not docid:
             raise DataFormatError(path, lineno, "expected non-empty query and document ids")
+        yield lineno, qid, docid, _grade(path, lineno, score, round_grades)
+
+
+def _grade(path: PathLike, lineno: int, score: str, round_grades: bool) -> int:
+    try:
+        rel = int(score)
+    except ValueError:
         try:
-            rel = int(score)
+            value = float(score)
         except ValueError:
-            raise DataFormatError(path, lineno, f"expected an integer relevance score, got {score!r}") from None
-        yield lineno, qid, docid, rel
+            value = math.nan
+        if not (round_grades and math.isfinite(value)):
+            hint = " (round_grades=True rounds fractional grades)" if math.isfinite(value) else ""
+            raise DataFormatError(path, lineno, f"expected an integer relevance score, got {score!r}{hint}") from None
+        rel = round(value)
+    if abs(rel) > MAX_GRADE:
+        raise DataFormatError(path, lineno, f"relevance score {score} is outside [-{MAX_GRADE}, {MAX_GRADE}]")
+    return rel
 
 
-def load_qrels(path: PathLike) -> dict[str, dict[str, int]]:
-    """{query id: {doc id: graded relevance}}, every judgment kept (including 0 and negative grades)."""
+def load_qrels(path: PathLike, round_grades: bool = False) -> dict[str, dict[str, int]]:
+    """{query id: {doc id: graded relevance}}, every judgment kept (including 0 and negative grades).
+    Grades must be integers in [-MAX_GRADE, MAX_GRADE]; `round_grades` rounds fractional ones."""
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, qid, docid, rel in _iter_qrels(path):
+    for lineno, qid, docid, rel in _iter_qrels(path, round_grades):
         judged = qrels.setdefault(qid, {})
         if docid in judged:
             raise DataFormatError(path, lineno, f"duplicate judgment for query {qid!r}, document {docid!r}")
@@ -112,9 +132,9 @@ class Dataset:
         return f"Dataset(corpus={self.corpus!r}, queries={len(self.queries)}, judgments={judgments})"
 
 
-def _make_dataset(corpus: Corpus, queries_path: Path, qrels_path: Path) -> Dataset:
+def _make_dataset(corpus: Corpus, queries_path: Path, qrels_path: Path, round_grades: bool) -> Dataset:
     all_queries = load_queries(queries_path)
-    qrels = load_qrels(qrels_path)
+    qrels = load_qrels(qrels_path, round_grades)
     # A judged query or document that does not exist is a broken dataset, not a zero score.
     for qid in qrels:
         if qid not in all_queries:
@@ -134,23 +154,20 @@ def beir_splits(folder: PathLike) -> list[str]:
     return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
 
 
-def load_beir(folder: PathLike, split: str) -> Dataset:
+def load_beir(folder: PathLike, split: str, *, round_grades: bool = False) -> Dataset:
     """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."""
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise FileNotFoundError(f"{qrels_path}: no split {split!r} in {folder}; available splits: "
                                 f"{', '.join(beir_splits(folder)) or 'none'}")
-    return _make_dataset(Corpus(folder / "corpus.jsonl"), folder / "queries.jsonl", qrels_path)
+    return _make_dataset(Corpus(folder / "corpus.jsonl"), folder / "queries.jsonl", qrels_path, round_grades)
 
 
-def load_msmarco(collection_tsv: PathLike, queries_tsv: PathLike, qrels_path: PathLike) -> Dataset:
+def load_msmarco(collection_tsv: PathLike, queries_tsv: PathLike, qrels_path: PathLike, *,
+                 round_grades: bool = False) -> Dataset:
     """MS MARCO style: collection.tsv, queries.tsv (qid<TAB>text), qrels in TREC or BEIR format."""
-    return _make_dataset(Corpus(collection_tsv), Path(queries_tsv), Path(qrels_path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training examples (Tevatron jsonl)
+    return _make_dataset(Corpus(collection_tsv), Path(queries_tsv), Path(qrels_path), round_grades)
 
 
 def _first_line(path: PathLike, kind: str, ident: str) -> int:

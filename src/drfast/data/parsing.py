@@ -34,9 +34,9 @@ def _decode(path: PathLike, lineno: int, raw: bytes) -> str:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataFormatError(path, lineno, f"expected UTF-8 text ({e.reason} at byte {e.start})") from None
-    if lineno == 1:
-        line = line.lstrip("\ufeff")  # a byte-order mark some editors write
-    return line.rstrip("\r\n")
+    # A byte-order mark some editors write at the start of the file; stripped wherever the line is
+    # read from (Corpus.texts seeks straight to the first line too).
+    return line.lstrip("\ufeff").rstrip("\r\n")
 
 
 def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
