@@ -145,7 +145,7 @@ def test_save_load_roundtrip(tmp_path, rng, opq):
 
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(m=5), ValueError, "m: must be a positive divisor of the dimension 16"),
-    (dict(m=0), ValueError, "m: must be a positive divisor"),
+    (dict(m=0), ValueError, "m: must be >= 1"),
     (dict(m=4, nbits=4), ValueError, "nbits: only 8-bit codes"),
 ])
 def test_bad_training_arguments(rng, kwargs, exc, match):
@@ -169,3 +169,30 @@ def test_bad_index_arguments_and_queries(rng):
         idx.search(np.ones((1, 8), np.float32), k=3, positives=[[5]])
     with pytest.raises(ValueError, match="k: must be >= 1"):
         idx.search(np.ones((1, 8), np.float32), k=0)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"seed": -1}, ValueError, "seed: must be >= 0"),
+    ({"seed": 2**40}, ValueError, "seed: must be <= 2147483647"),
+    ({"seed": 1.5}, TypeError, "seed: expected an integer"),
+    ({"max_train": 100}, ValueError, "max_train: must be >= 256"),
+    ({"m": 3}, ValueError, "m: must be a positive divisor of the dimension 8"),
+    ({"m": True}, TypeError, "m: expected an integer"),
+    ({"nbits": 4}, ValueError, "nbits: only 8-bit codes"),
+    ({"opq": "yes"}, TypeError, "opq: expected True or False"),
+])
+def test_train_arguments_are_checked(kwargs, error, message):
+    emb = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    with pytest.raises(error, match=message):
+        drfast.PQIndex.train(emb, **{"m": 2, **kwargs})
+
+
+def test_numpy_integer_m_and_list_codes():
+    emb = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    with pytest.warns(UserWarning):
+        idx = drfast.PQIndex.train(emb, m=np.int64(2), max_train=300)
+    assert idx.m == 2
+    with pytest.raises(TypeError, match=r"codes: expected a uint8 numpy array or torch tensor \[N, 2\], got list"):
+        drfast.PQIndex(idx.centroids, idx.codes.tolist())
+    with pytest.raises(ValueError, match="centroids: contains NaN"):
+        drfast.PQIndex(torch.full((2, 256, 4), float("nan")), idx.codes)

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from drfast.common.checks import check_bool, check_int
 from drfast.index.format import check_rows, doc_id_map, read_array, read_doc_ids, write_index_dir
 from drfast.search.dispatch import pq_search
 from drfast.search.result import SearchResult
@@ -47,9 +48,13 @@ class PQIndex:
         self.centroids = torch.as_tensor(centroids, dtype=torch.float32)
         if self.centroids.ndim != 3 or self.centroids.shape[1] != KSUB:
             raise ValueError(f"centroids: expected shape [m, {KSUB}, dsub], got {tuple(self.centroids.shape)}")
+        if not torch.isfinite(self.centroids).all():
+            raise ValueError("centroids: contains NaN or Inf")
         m = self.centroids.shape[0]
         if isinstance(codes, torch.Tensor):
             codes = codes if codes.is_cuda else codes.numpy()
+        if not isinstance(codes, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"codes: expected a uint8 numpy array or torch tensor [N, {m}], got {type(codes).__name__}")
         if codes.dtype not in (np.uint8, torch.uint8):
             raise TypeError(f"codes: expected dtype uint8, got {codes.dtype}")
         if codes.ndim != 2 or codes.shape[1] != m or codes.shape[0] == 0:
@@ -71,10 +76,14 @@ class PQIndex:
         emb = check_embeddings(emb, "emb")
         emb = emb.cpu().numpy() if isinstance(emb, torch.Tensor) else emb
         n, d = emb.shape
-        if nbits != 8:
+        if check_int(nbits, "nbits") != 8:
             raise ValueError(f"nbits: only 8-bit codes are supported, got {nbits}")
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1 or d % m:
+        m = check_int(m, "m", 1)
+        if d % m:
             raise ValueError(f"m: must be a positive divisor of the dimension {d}, got {m}")
+        seed = check_int(seed, "seed", 0, 2**31 - 1)  # faiss keeps seeds in a C int
+        max_train = check_int(max_train, "max_train", KSUB)
+        check_bool(opq, "opq")
         if n < KSUB:
             raise ValueError(f"emb: PQ training needs at least {KSUB} rows (one per centroid), got {n}")
         rng = np.random.default_rng(seed)
