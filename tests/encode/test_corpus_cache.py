@@ -94,7 +94,8 @@ def test_resume_after_interruption(encoder, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         encode_corpus(encoder, corpus, tmp_path, dtype="float32", chunk_size=2, show_progress=False)
     key = corpus_cache_key(encoder, corpus, "float32")
-    assert sorted(os.listdir(tmp_path)) == [key + ".partial"]  # no final folder yet
+    # no final folder yet; the (released) lock stays until a run finishes
+    assert sorted(os.listdir(tmp_path)) == [key + ".lock", key + ".partial"]
     assert len(os.listdir(tmp_path / (key + ".partial"))) == 2  # the two finished chunks
 
     calls = count_calls(monkeypatch, encoder)
@@ -156,3 +157,31 @@ def test_bad_arguments(encoder, tmp_path):
     with pytest.raises(ValueError, match="corpus"):
         encode_corpus(encoder, bad_ids, tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+_CONCURRENT = """
+import sys, numpy as np
+from drfast.data import Corpus
+from drfast.encode.corpus_cache import encode_corpus
+from drfast.encode.encoders import Encoder
+emb, ids = encode_corpus(Encoder.load(sys.argv[1], pooling="mean"), Corpus(sys.argv[2]), sys.argv[3],
+                         chunk_size=2, show_progress=False)
+np.save(sys.argv[4], np.asarray(emb))
+"""
+
+
+def test_two_processes_encoding_into_one_cache(hf_folder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(DOCS * 20)))
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(hf_folder), str(corpus), str(tmp_path / "c"),
+                               str(tmp_path / f"out{i}.npy")], stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    a, b = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
+    assert a.shape == (len(DOCS) * 20, 32) and np.array_equal(a, b)
+    left = [p.name for p in (tmp_path / "c").iterdir()]
+    assert len(left) == 1 and (tmp_path / "c" / left[0] / "meta.json").is_file()  # no temp, partial or lock files

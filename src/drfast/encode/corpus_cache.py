@@ -10,11 +10,12 @@ reuses stale embeddings, and an unchanged one returns at once.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Tuple
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from drfast.common.atomic import save_npy_atomic
+from drfast.common.atomic import atomic_dir, save_npy_atomic
 from drfast.common.checks import check_choice, check_int
 from drfast.common.doc_ids import DocIdMap
 from drfast.encode.encoders import Encoder
@@ -84,8 +85,21 @@ def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", b
     final = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(final, "meta.json")):
         return _load(final, dtype, n)
+    os.makedirs(cache_dir, exist_ok=True)
+    # One encoder per key at a time: a second process waits here, then finds the finished cache.
+    with _locked(os.path.join(cache_dir, key + ".lock"), show_progress):
+        if not os.path.isfile(os.path.join(final, "meta.json")):
+            _encode_into(final, encoder, corpus, key, fingerprint, dtype, n, doc_ids, lengths, batch_size,
+                         chunk_size, show_progress)
+        # Safe to remove while held: a process that still waits on it finds the finished cache.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(cache_dir, key + ".lock"))
+    return _load(final, dtype, n)
 
-    work = os.path.join(cache_dir, key + ".partial")
+
+def _encode_into(final, encoder, corpus, key, fingerprint, dtype, n, doc_ids, lengths, batch_size, chunk_size,
+                 show_progress) -> None:
+    work = final + ".partial"
     os.makedirs(work, exist_ok=True)
     order = np.argsort(-lengths.astype(np.int64), kind="stable")  # longest first: an OOM shows up at once
     chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
@@ -112,15 +126,28 @@ def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", b
             "resumed_docs": already, "encode_seconds": round(seconds, 3)}
     _assemble(final, paths, chunks, order, doc_ids, meta)
     shutil.rmtree(work, ignore_errors=True)
-    return _load(final, dtype, n)
+
+
+@contextlib.contextmanager
+def _locked(path: str, show_progress: bool):
+    """An exclusive advisory lock on `path` (released when the process exits, even killed)."""
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if show_progress:
+                print(f"waiting for another process encoding into {path[:-5]} ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _assemble(final, paths, chunks, order, doc_ids, meta) -> None:
-    """Scatter the sorted chunks back into corpus order, in a temp dir renamed into place."""
-    parent = os.path.dirname(final)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    try:
-        emb = np.lib.format.open_memmap(os.path.join(tmp, f"embeddings.{meta['dtype']}.npy"), mode="w+",
+    """Scatter the sorted chunks back into corpus order, in a temp folder renamed into place."""
+    with atomic_dir(final) as tmp:
+        emb = np.lib.format.open_memmap(tmp / f"embeddings.{meta['dtype']}.npy", mode="w+",
                                         dtype=meta["dtype"], shape=(meta["count"], meta["dim"]))
         for path, (s, e) in zip(paths, chunks):
             chunk = np.load(path)
@@ -130,18 +157,8 @@ def _assemble(final, paths, chunks, order, doc_ids, meta) -> None:
             emb[order[s:e]] = chunk
         emb.flush()
         del emb
-        doc_ids.write(os.path.join(tmp, "doc_ids.txt"))
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not os.path.isfile(os.path.join(final, "meta.json")):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same key first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        doc_ids.write(tmp / "doc_ids.txt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def _load(folder: str, dtype: str, n: int) -> Tuple[np.memmap, DocIdMap]:
