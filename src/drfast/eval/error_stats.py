@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from drfast.common.checks import as_int64_vector, check_int
-from drfast.common.csr import offsets_of
+from drfast.common.csr import offsets_of, row_of_each
 
 HARDEST_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50)
 KINDS = ("total", "topk")
@@ -152,7 +152,7 @@ def _numpy_pass(offsets, ranks, k, n_docs):
     topk = np.zeros(n_queries, np.int64)
     if ranks.size == 0:
         return total, topk, np.zeros((2, 2, _MAX_BINS), np.int64)
-    query = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
+    query = row_of_each(offsets)
     for code, bad in ((1, ranks < 1), (4, (ranks > n_docs) if n_docs > 0 else None)):
         if bad is not None and bad.any():
             _raise_problem(int(query[np.argmax(bad)]), code)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from drfast.common.checks import check_choice
-from drfast.common.csr import check_offsets
+from drfast.common.csr import check_offsets, row_of_each
 
 
 DEFAULT_CUTOFFS = {"MRR": (10, 100), "nDCG": (10,), "R": (100,)}
@@ -52,7 +52,7 @@ def metrics_from_ranks(pos_offsets: Any, pos_ranks: Any, pos_gains: Any = None, 
 
     B = len(offsets) - 1
     counts = np.diff(offsets)
-    qidx = np.repeat(np.arange(B), counts)  # query of every positive
+    qidx = row_of_each(offsets)  # query of every positive
     r = ranks.astype(np.float64)
     g = gains.astype(np.float64)
 

@@ -60,6 +60,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drfast.common.csr import row_of_each
+
 __all__ = ["adore_loss", "ranknet_loss"]
 
 NORMALIZERS = ("pairs", "nonzero")
@@ -216,7 +218,7 @@ def adore_loss(
         raise ValueError("pair_weights: contains negative weights")
 
     # Query of every positive: [nnz].
-    qidx = torch.repeat_interleave(torch.arange(B, device=device), counts, output_size=nnz)
+    qidx = row_of_each(offsets)
 
     # match[i, j]: candidate j of positive i's query is positive i itself.
     match = ids[qidx] == pos_ids[:, None] if ids is not None and pos_ids is not None else None
