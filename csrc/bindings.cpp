@@ -1,6 +1,6 @@
 // The only file that knows about Python: argument checks, GIL release, module _C.
-// Full validation with friendly messages lives in drfast/ops.py; these checks are
-// the last line of defence so that no call from Python can crash the process.
+// Full validation with friendly messages lives in drfast/search/validate.py; these checks
+// are the last line of defence so that no call from Python can crash the process.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.h"
+#include "common/kernels.h"
 #ifdef DRFAST_WITH_CUDA
 #include "cuda/flat_search_cuda.h"
 #include "cuda/pq_search_cuda.h"
@@ -144,7 +144,7 @@ SearchOutput device_outputs(uintptr_t ids, uintptr_t scores, uintptr_t pos_score
   return out;
 }
 
-// Device pointers come from torch tensors (tensor.data_ptr()); shapes are checked in ops.py.
+// Device pointers come from torch tensors (tensor.data_ptr()); shapes are checked in drfast/search.
 void flat_search_cuda(uintptr_t queries, int64_t B, int64_t d, uintptr_t docs, int64_t N, bool docs_fp16, int64_t k,
                       uintptr_t pos_offsets, uintptr_t pos_ids, int64_t cutoff, uintptr_t ids, uintptr_t scores,
                       uintptr_t pos_scores, uintptr_t pos_ranks, uintptr_t pair_weights, uintptr_t stream) {
@@ -196,7 +196,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("luts"), py::arg("codes"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
         py::arg("pair_weights") = py::none());
-  m.def("simd_level", []() { return std::string(drfast::active_isa().name); });
+  m.def("simd_level", []() { return std::string(drfast::simd_level()); });
   m.def("set_simd_level", &drfast::set_simd_level, py::arg("level"));
   m.def("supported_simd_levels", &drfast::supported_simd_levels);
   m.def("num_threads", &drfast::num_threads);

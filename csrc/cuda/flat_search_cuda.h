@@ -3,7 +3,7 @@
 #pragma once
 #include <cstdint>
 
-#include "search_types.h"
+#include "common/search_types.h"
 
 namespace drfast {
 

@@ -29,7 +29,7 @@
 #include <string>
 
 #include "cuda/flat_search_cuda.h"  // kCudaMaxK
-#include "search_types.h"
+#include "common/search_types.h"
 
 namespace drfast {
 namespace {

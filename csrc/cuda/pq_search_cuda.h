@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "cuda/flat_search_cuda.h"  // kCudaMaxK, cuda_device_available
-#include "search_types.h"
+#include "common/search_types.h"
 
 namespace drfast {
 

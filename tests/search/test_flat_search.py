@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import drfast
-from drfast import _C
 from reference import integer_embeddings, random_positives, reference_search
 
 # (B, N, d, k): d from 1 to 1024, N from 1 to 100k, B from 1 to 64, k from 1 to N + 5;
@@ -94,21 +93,49 @@ def test_positive_scores_equal_scan_scores_bitwise(rng):
         np.testing.assert_array_equal(res.pos_ranks[b * N + res.ids[b]], np.arange(1, N + 1))
 
 
-@pytest.mark.parametrize("level", _C.supported_simd_levels().split(","))
-def test_every_instruction_set_gives_identical_results(rng, level):
-    # The canonical lane arithmetic makes results bit-identical across AVX-512, AVX2 and generic.
+@pytest.fixture
+def search_at_level():
+    """search_at_level(level, index, *args, **kw): index.search run with the CPU kernels at `level`."""
+    before = drfast.simd_level()
+
+    def search(level, index, *args, **kwargs):
+        drfast.set_simd_level(level)
+        assert drfast.simd_level() == level
+        return index.search(*args, **kwargs)
+
+    yield search
+    drfast.set_simd_level(before)
+
+
+FASTER_LEVELS = [level for level in drfast.search.supported_simd_levels() if level != "generic"]
+
+
+@pytest.mark.parametrize("level", FASTER_LEVELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instruction_set_matches_generic_flat(rng, search_at_level, level, dtype):
+    # The canonical lane arithmetic makes every level bit-identical to the plain C++ one, on float
+    # data where any other summation order would round differently. B, N, d off the tiles and lanes.
     B, N, d = 9, 700, 45
-    docs = rng.standard_normal((N, d)).astype(np.float16)
+    docs = rng.standard_normal((N, d)).astype(dtype)
     queries = rng.standard_normal((B, d)).astype(np.float32)
-    positives = random_positives(rng, B, N)
+    args = (queries, 50, random_positives(rng, B, N, max_per_query=6), 10)
     idx = drfast.FlatIndex(docs)
-    best = _C.simd_level()
-    expected = idx.search(queries, k=50, positives=positives, cutoff=10)
-    try:
-        _C.set_simd_level(level)
-        got = idx.search(queries, k=50, positives=positives, cutoff=10)
-    finally:
-        _C.set_simd_level(best)
+    expected = search_at_level("generic", idx, *args)
+    got = search_at_level(level, idx, *args)
+    for field, value in vars(expected).items():
+        np.testing.assert_array_equal(getattr(got, field), value, err_msg=field)
+
+
+@pytest.mark.parametrize("level", FASTER_LEVELS)
+def test_every_instruction_set_matches_generic_pq(rng, search_at_level, level):
+    B, N, m = 5, 777, 6
+    centroids = rng.standard_normal((m, 256, 3)).astype(np.float32)
+    codes = rng.integers(0, 256, size=(N, m)).astype(np.uint8)
+    queries = rng.standard_normal((B, 3 * m)).astype(np.float32)
+    args = (queries, 30, random_positives(rng, B, N, max_per_query=6), 5)
+    idx = drfast.PQIndex(centroids, codes)
+    expected = search_at_level("generic", idx, *args)
+    got = search_at_level(level, idx, *args)
     for field, value in vars(expected).items():
         np.testing.assert_array_equal(getattr(got, field), value, err_msg=field)
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import drfast
-from drfast import _C
+from drfast.search.dispatch import unchecked_native_search
 from reference import reference_search
 
 
@@ -78,24 +78,49 @@ def test_overflow_is_reported_not_returned():
         idx.search(np.full((1, 4), 3e38, np.float32), k=2)
 
 
-def test_native_module_rejects_bad_buffers():
-    # The binding's own checks stop what ops.py would have caught: no call can crash.
-    q, d = np.ones((2, 4), np.float32), np.ones((5, 4), np.float32)
-    outs = lambda k, nnz: (np.empty((2, k), np.int64), np.empty((2, k), np.float32),  # noqa: E731
-                           np.empty(nnz, np.float32), np.empty(nnz, np.int64))
-    offsets = np.array([0, 1, 1], np.int64)
-    with pytest.raises(ValueError, match="pos_ids: row id out of range"):
-        _C.flat_search(q, d, 3, offsets, np.array([7], np.int64), 0, *outs(3, 1))
-    with pytest.raises(ValueError, match="docs: dimension differs"):
-        _C.flat_search(q, np.ones((5, 3), np.float32), 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
-    with pytest.raises(ValueError, match="ids: expected shape"):
-        _C.flat_search(q, d, 4, offsets, np.array([0], np.int64), 0, *outs(3, 1))
-    with pytest.raises(ValueError, match="queries: wrong dtype"):
-        _C.flat_search(q.astype(np.float64), d, 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
-    with pytest.raises(ValueError, match="pair_weights: required"):
-        _C.flat_search(q, d, 3, offsets, np.array([0], np.int64), 5, *outs(3, 1))
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        _C.flat_search(np.ones((2, 8), np.float32)[:, ::2], d, 3, offsets, np.array([0], np.int64), 0, *outs(3, 1))
+def outputs(B, k, nnz):
+    return (np.empty((B, k), np.int64), np.empty((B, k), np.float32), np.empty(nnz, np.float32),
+            np.empty(nnz, np.int64))
+
+
+OFFSETS, ONE_POS = np.array([0, 1, 1], np.int64), np.array([0], np.int64)
+Q, DOCS = np.ones((2, 4), np.float32), np.ones((5, 4), np.float32)
+LUTS, CODES = np.ones((2, 3, 256), np.float32), np.zeros((5, 3), np.uint8)
+
+
+@pytest.mark.parametrize("kind,args,match", [
+    ("flat", (Q, DOCS, 3, OFFSETS, np.array([7]), 0, *outputs(2, 3, 1)), "pos_ids: row id out of range"),
+    ("flat", (Q, np.ones((5, 3), np.float32), 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)), "docs: dimension differs"),
+    ("flat", (Q, DOCS, 4, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)), "ids: expected shape"),
+    ("flat", (Q.astype(np.float64), DOCS, 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)), "queries: wrong dtype"),
+    ("flat", (Q, DOCS, 3, OFFSETS, ONE_POS, 5, *outputs(2, 3, 1)), "pair_weights: required"),
+    ("flat", (np.ones((2, 8), np.float32)[:, ::2], DOCS, 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)),
+     "must be C-contiguous"),
+    ("flat", (Q, DOCS, 3, np.array([0, 1, 2]), ONE_POS, 0, *outputs(2, 3, 1)), "pos_ids: length differs"),
+    ("flat", (Q, DOCS, 3, np.array([0, 2, 1]), ONE_POS, 0, *outputs(2, 3, 1)), "must be non-decreasing"),
+    ("flat", (Q, DOCS, 0, OFFSETS, ONE_POS, 0, *outputs(2, 0, 1)), "k must be >= 1"),
+    ("pq", (np.ones((2, 3, 255), np.float32), CODES, 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)),
+     r"luts: expected shape \[B, m, 256\]"),
+    ("pq", (LUTS, np.zeros((5, 4), np.uint8), 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)), "codes: expected shape"),
+    ("pq", (LUTS, CODES.astype(np.int8), 3, OFFSETS, ONE_POS, 0, *outputs(2, 3, 1)), "codes: wrong dtype"),
+    ("pq", (LUTS, CODES, 3, OFFSETS, np.array([5]), 0, *outputs(2, 3, 1)), "pos_ids: row id out of range"),
+])
+def test_bindings_reject_bad_buffers(kind, args, match):
+    # The bindings' own checks stop what drfast.search.validate would have caught: no call can crash.
+    with pytest.raises(ValueError, match=match):
+        unchecked_native_search(kind, *args)
+
+
+def test_bindings_accept_good_buffers():
+    # The same door with valid arrays runs the kernel (so the rejections above are the checks' doing).
+    ids, scores, pos_scores, pos_ranks = out = outputs(2, 3, 1)
+    unchecked_native_search("flat", np.eye(2, 4, dtype=np.float32), np.eye(5, 4, dtype=np.float32), 3, OFFSETS,
+                            ONE_POS, 0, *out)
+    np.testing.assert_array_equal(ids, [[0, 1, 2], [1, 0, 2]])
+    np.testing.assert_array_equal(pos_ranks, [1])
+    unchecked_native_search("pq", LUTS, CODES, 3, OFFSETS, ONE_POS, 0, *out)
+    np.testing.assert_array_equal(ids, [[0, 1, 2]] * 2)
+    np.testing.assert_array_equal(scores, np.full((2, 3), 3.0))
 
 
 # --- property-based: random shapes, random (sometimes bad) inputs ------------------------------

@@ -2,6 +2,8 @@
 
 Arguments are validated by `drfast.search.validate`; this module runs the chosen backend on
 poisoned outputs and returns the results in the kind of the queries (numpy, or torch on their device).
+`unchecked_native_search` is the one door to the kernels that skips that validation (tests of the
+bindings' own checks only).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from drfast import _C
-from drfast.search.validate import check_cutoff, check_k, check_positives, check_queries
+from drfast.search.validate import check_chunk_rows, check_cutoff, check_k, check_positives, check_queries
 from drfast.search.result import SearchResult
 from drfast.search.torch_path import FlatChunkScorer, PQChunkScorer, torch_search
 
@@ -49,11 +51,13 @@ def _check_overflow(result: SearchResult, kept: int) -> None:
 
 
 def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any, backend: str | None,
-             on_cuda: bool):
-    """Validated (queries, k, cutoff, (offsets, ids), backend)."""
+             on_cuda: bool, chunk_rows: Any):
+    """Validated (queries, k, cutoff, (offsets, ids), backend, chunk_rows)."""
     queries = check_queries(queries, dim)
     k, cutoff = check_k(k), check_cutoff(cutoff)
-    return queries, k, cutoff, check_positives(positives, queries.shape[0], N), choose_backend(backend, on_cuda)
+    positives = check_positives(positives, queries.shape[0], N)
+    backend = choose_backend(backend, on_cuda)
+    return queries, k, cutoff, positives, backend, check_chunk_rows(chunk_rows, backend)
 
 
 def _run_native(kernel, B: int, k: int, offsets: np.ndarray, ids: np.ndarray, cutoff: int) -> SearchResult:
@@ -82,11 +86,13 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: Any = None,
-                backend: str | None = None) -> SearchResult:
-    """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search)."""
+                backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
+    """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search).
+    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK)."""
     N, d = docs.shape
     on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
-    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, d, N, k, positives, cutoff, backend, on_cuda)
+    queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, d, N, k, positives, cutoff,
+                                                                       backend, on_cuda, chunk_rows)
     B = queries.shape[0]
     if backend == "native":
         q, docs_np = _numpy(queries), docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
@@ -97,21 +103,22 @@ def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: 
         q = as_tensor(queries).to(docs.device).contiguous()
         off_t, ids_t = torch.from_numpy(offsets).to(docs.device), torch.from_numpy(ids).to(docs.device)
         if backend == "torch":
-            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff)
+            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff, chunk_rows)
         else:
             result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
     return _finish(result, min(k, N), queries)
 
 
 def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: Any = None,
-              backend: str | None = None) -> SearchResult:
+              backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
     """Fused search over a PQIndex's codes [N, m] from the [B, m, 256] float32 lookup tables
-    `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search)."""
+    `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search).
+    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK)."""
     codes = index.codes
     N = codes.shape[0]
     on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
-    queries, k, cutoff, (offsets, ids), backend = _prepare(queries, index.dim, N, k, positives, cutoff,
-                                                           backend, on_cuda)
+    queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, index.dim, N, k, positives,
+                                                                       cutoff, backend, on_cuda, chunk_rows)
     B = queries.shape[0]
     device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
     luts = index.lookup_tables(as_tensor(queries).to(device))
@@ -122,7 +129,7 @@ def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: A
     else:
         off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
         if backend == "torch":
-            result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff)
+            result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff, chunk_rows)
         else:
             result = _cuda_pq_search(luts, codes.contiguous(), k, off_t, ids_t, cutoff)
     return _finish(result, min(k, N), queries)
@@ -170,3 +177,14 @@ def _cuda_pq_search(luts: torch.Tensor, codes: torch.Tensor, k: int, offsets: to
     _C.pq_search_cuda(luts.data_ptr(), luts.shape[0], luts.shape[1], codes.data_ptr(), codes.shape[0], k,
                       offsets.data_ptr(), ids.data_ptr(), cutoff, *_output_pointers(res), stream)
     return res
+
+
+def unchecked_native_search(kind: str, *args: Any) -> None:
+    """The native CPU kernel `kind` ("flat" or "pq") called as is: NO Python-side validation.
+
+    Only for tests of the bindings' own last-line checks (csrc/bindings.cpp), which must reject bad
+    arrays with a ValueError rather than crash; everything else goes through flat_search / pq_search.
+    args: ("flat") queries, docs, k, pos_offsets, pos_ids, cutoff, ids, scores, pos_scores, pos_ranks
+    [, pair_weights]; ("pq") the same with luts [B, m, 256] and codes [N, m] for queries and docs.
+    """
+    {"flat": _C.flat_search, "pq": _C.pq_search}[kind](*args)

@@ -93,9 +93,11 @@ class PQChunkScorer:
 
 @torch.no_grad()
 def torch_search(scorer, B: int, k: int, pos_offsets: torch.Tensor, pos_ids: torch.Tensor, cutoff: int,
-                 chunk: int = DEFAULT_CHUNK) -> SearchResult:
-    """Validated inputs on one device; `scorer` is a FlatChunkScorer or PQChunkScorer."""
+                 chunk_rows: int | None = None) -> SearchResult:
+    """Validated inputs on one device; `scorer` is a FlatChunkScorer or PQChunkScorer. Scores
+    `chunk_rows` rows at a time (None: DEFAULT_CHUNK), merging each chunk's top-k into the running one."""
     N, dev = scorer.ntotal, pos_offsets.device
+    chunk = DEFAULT_CHUNK if chunk_rows is None else chunk_rows
     kept = min(k, N)
     pos_query = torch.repeat_interleave(torch.arange(B, device=dev), pos_offsets.diff())
     pos_scores = scorer.pairs(pos_query, pos_ids)

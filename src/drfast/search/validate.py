@@ -71,6 +71,15 @@ def check_cutoff(cutoff: Any) -> int:
     return 0 if cutoff is None else check_int(cutoff, "cutoff", 1)
 
 
+def check_chunk_rows(chunk_rows: Any, backend: str) -> int | None:
+    """None (the torch path's default) or rows per chunk (>= 1) of the torch path, the only chunked backend."""
+    if chunk_rows is None:
+        return None
+    if backend != "torch":
+        raise ValueError(f"chunk_rows: only the torch backend scans in chunks, got backend {backend!r}")
+    return check_int(chunk_rows, "chunk_rows", 1)
+
+
 def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndarray]:
     """CSR (offsets int64 [B+1], ids int64 [nnz]) from a list of lists or a CSR pair; validated."""
     if positives is None:

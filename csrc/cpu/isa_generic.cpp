@@ -2,4 +2,4 @@
 #define DRFAST_ISA generic
 #define DRFAST_ISA_NAME "generic"
 #define DRFAST_ISA_TABLE kIsaGeneric
-#include "isa_kernels.inc"
+#include "cpu/isa_kernels.inc"

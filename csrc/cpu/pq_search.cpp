@@ -1,9 +1,9 @@
 // The fused PQ search on the CPU: PQScorer adapts the ISA kernels to fused_scan.
 #include <vector>
 
-#include "fused_scan.h"
-#include "isa_kernels.h"
-#include "kernels.h"
+#include "common/kernels.h"
+#include "cpu/fused_scan.h"
+#include "cpu/isa_kernels.h"
 
 namespace drfast {
 namespace {

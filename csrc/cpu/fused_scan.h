@@ -19,8 +19,8 @@
 #include <limits>
 #include <vector>
 
-#include "isa_kernels.h"
-#include "search_types.h"
+#include "common/search_types.h"
+#include "cpu/isa_kernels.h"
 
 namespace drfast {
 

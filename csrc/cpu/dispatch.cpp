@@ -4,7 +4,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.h"
+#include "common/kernels.h"
+#include "cpu/isa_kernels.h"
 
 namespace drfast {
 namespace {
@@ -39,6 +40,8 @@ int g_threads = omp_get_max_threads();
 }  // namespace
 
 const IsaKernels& active_isa() { return *g_isa; }
+
+const char* simd_level() { return g_isa->name; }
 
 void set_simd_level(const std::string& level) {
   if (level != "avx512" && level != "avx2" && level != "generic")

@@ -3,9 +3,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "fused_scan.h"
-#include "isa_kernels.h"
-#include "kernels.h"
+#include "common/kernels.h"
+#include "cpu/fused_scan.h"
+#include "cpu/isa_kernels.h"
 
 namespace drfast {
 namespace {

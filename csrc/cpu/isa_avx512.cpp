@@ -2,4 +2,4 @@
 #define DRFAST_ISA avx512
 #define DRFAST_ISA_NAME "avx512"
 #define DRFAST_ISA_TABLE kIsaAvx512
-#include "isa_kernels.inc"
+#include "cpu/isa_kernels.inc"

@@ -2,4 +2,4 @@
 #define DRFAST_ISA avx2
 #define DRFAST_ISA_NAME "avx2"
 #define DRFAST_ISA_TABLE kIsaAvx2
-#include "isa_kernels.inc"
+#include "cpu/isa_kernels.inc"

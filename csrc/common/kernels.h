@@ -1,10 +1,10 @@
-// CPU entry points and the runtime choice of instruction set and threads.
+// The native entry points bindings.cpp calls: the CPU kernels and the runtime choice of
+// instruction set and threads (the CUDA entry points are declared in cuda/*_cuda.h).
 #pragma once
 #include <cstdint>
 #include <string>
 
-#include "isa_kernels.h"
-#include "search_types.h"
+#include "common/search_types.h"
 
 namespace drfast {
 
@@ -15,8 +15,8 @@ void flat_search(const SearchInput& in, const SearchOutput& out);
 // `in` gives B, N, k, the positives and the cutoff (queries and docs are unused).
 void pq_search(const SearchInput& in, const float* luts, const uint8_t* codes, int64_t m, const SearchOutput& out);
 
-// The kernels in use: the best this CPU supports, or the level forced by set_simd_level.
-const IsaKernels& active_isa();
+// The SIMD level in use: the best this CPU supports, or the level forced by set_simd_level.
+const char* simd_level();
 // "avx512", "avx2" or "generic"; throws std::invalid_argument if this CPU cannot run it.
 void set_simd_level(const std::string& level);
 // Levels this CPU can run, best first, comma-separated.

@@ -1,7 +1,7 @@
 // The instruction-set-specific kernels, as one table of plain functions per ISA.
 //
 // Each table is compiled in its own translation unit with its own -m flags
-// (isa_avx512.cpp, isa_avx2.cpp, isa_generic.cpp). Those units use no STL and
+// (cpu/isa_avx512.cpp, cpu/isa_avx2.cpp, cpu/isa_generic.cpp). Those units use no STL and
 // no shared inline code: a template or inline function instantiated under
 // AVX-512 flags would otherwise be a weak symbol the linker may pick for every
 // caller, and crash a CPU without AVX-512.
@@ -51,5 +51,8 @@ constexpr int64_t kPQBlockRows = 256;    // gather offsets of a block: 96 KB at 
 extern const IsaKernels kIsaAvx512;
 extern const IsaKernels kIsaAvx2;
 extern const IsaKernels kIsaGeneric;
+
+// The table in use (dispatch.cpp): the best this CPU supports, or the level set_simd_level forced.
+const IsaKernels& active_isa();
 
 }  // namespace drfast
