@@ -67,24 +67,6 @@ def test_native_and_torch_paths_bit_identical_on_float_tables(rng):
         np.testing.assert_array_equal(getattr(b, field), value, err_msg=field)
 
 
-@pytest.mark.parametrize("level", drfast.search.supported_simd_levels())
-def test_every_instruction_set_gives_identical_pq_results(rng, level):
-    centroids = rng.standard_normal((6, 256, 3)).astype(np.float32)
-    codes = rng.integers(0, 256, size=(777, 6)).astype(np.uint8)
-    queries = rng.standard_normal((5, 18)).astype(np.float32)
-    idx = drfast.PQIndex(centroids, codes)
-    positives = random_positives(rng, 5, 777)
-    best = drfast.simd_level()
-    expected = idx.search(queries, k=30, positives=positives, cutoff=5)
-    try:
-        drfast.set_simd_level(level)
-        got = idx.search(queries, k=30, positives=positives, cutoff=5)
-    finally:
-        drfast.set_simd_level(best)
-    for field, value in vars(expected).items():
-        np.testing.assert_array_equal(getattr(got, field), value, err_msg=field)
-
-
 @pytest.mark.parametrize("opq", [False, True])
 def test_trained_index_matches_reconstruction_and_faiss(rng, opq):
     import faiss

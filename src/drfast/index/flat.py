@@ -65,14 +65,15 @@ class FlatIndex:
         return emb[torch.from_numpy(rows_np).to(emb.device)].float()
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
-               backend: Optional[str] = None) -> SearchResult:
+               backend: Optional[str] = None, chunk_rows: Optional[int] = None) -> SearchResult:
         """Top-k, exact positive ranks and (with `cutoff`) ΔMRR pair weights in one pass.
 
         queries: [B, d] float32 (numpy or torch; results come back in the same kind, on the queries'
         device). positives: a list of lists of row ids, or a CSR pair (offsets [B+1], ids [nnz]).
-        backend: None (native on CPU, torch on GPU), "native", "cuda" or "torch".
+        backend: None (native on CPU, torch on GPU), "native", "cuda" or "torch". chunk_rows: rows
+        scored per step by the torch backend (default 65536).
         """
-        return flat_search(queries, self.emb, k, positives, cutoff, backend)
+        return flat_search(queries, self.emb, k, positives, cutoff, backend, chunk_rows)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index as a folder, atomically (a temp folder renamed into place); an existing

@@ -165,10 +165,10 @@ class PQIndex:
         return x if self.rotation is None else x @ self.rotation
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
-               backend: Optional[str] = None) -> SearchResult:
+               backend: Optional[str] = None, chunk_rows: Optional[int] = None) -> SearchResult:
         """Same contract as FlatIndex.search; scores are <query, reconstruct(row)> up to float rounding,
         computed as sums of per-query lookup-table entries in one pass over the codes."""
-        return pq_search(queries, self, k, positives, cutoff, backend)
+        return pq_search(queries, self, k, positives, cutoff, backend, chunk_rows)
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
