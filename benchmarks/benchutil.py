@@ -10,9 +10,6 @@ import torch
 B, D, K, CUTOFF = 32, 768, 200, 10
 CHUNK = 65536  # rows per matmul chunk in the hand-written baselines (same as drfast's torch path)
 
-# (case, method, mean seconds) rows appended by bench_search.py, printed as a table by conftest.py
-RESULTS: list[tuple[str, str, float]] = []
-
 
 def gaussian_rows(n: int, d: int = D, seed: int = 0, dtype=np.float32, chunk: int = 1 << 16) -> np.ndarray:
     """[n, d] standard normal rows (fp16: the fp32 draws rounded), generated in chunks so a 4M-row

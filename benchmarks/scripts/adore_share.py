@@ -1,7 +1,9 @@
 """Share of the part drfast owns (search, weights, gather, loss) in real ADORE steps with
 all-MiniLM-L6-v2 at N=100k: SciFact's documents plus random unit-norm distractors up to N rows.
 
-    python benchmarks/adore_share.py [--data ../shared/data/scifact] [--n 100000] [--steps 20]
+Run from the repository root:
+
+    python -m benchmarks.scripts.adore_share [--data ../shared/data/scifact] [--n 100000] [--steps 20]
 
 The corpus is encoded once through drfast's cache (about 2.5 minutes the first time).
 """
@@ -13,15 +15,13 @@ from pathlib import Path
 import numpy as np
 
 import drfast
-from drfast.adore import AdoreConfig, AdoreTrainer
-from drfast.corpus_encoding import encode_corpus
 from drfast.data import load_beir
-from drfast.encoders import BiEncoder
-from drfast.retrieval import DEFAULT_CACHE
+from drfast.encode import DEFAULT_CACHE, BiEncoder, encode_corpus
+from drfast.train import AdoreConfig, AdoreTrainer
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the repository root
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
@@ -31,14 +31,14 @@ def main() -> None:
 
     train = load_beir(args.data, "train")
     model = BiEncoder.load(args.model)
-    emb, ids = encode_corpus(model.doc_encoder, train.corpus, DEFAULT_CACHE / "embeddings")
+    emb, ids = encode_corpus(model.doc_encoder, train.corpus, cache_dir=DEFAULT_CACHE / "embeddings")
     rng = np.random.default_rng(0)
     extra = rng.standard_normal((max(0, args.n - len(ids)), emb.shape[1])).astype(np.float32)
     extra /= np.linalg.norm(extra, axis=1, keepdims=True)
     index = drfast.FlatIndex(np.concatenate([emb, extra.astype(emb.dtype)]),
                              list(ids) + [f"distractor-{i}" for i in range(len(extra))])
-    history = AdoreTrainer(model.query_encoder, index, train.queries, train.positives,
-                           AdoreConfig(max_steps=args.steps)).train()
+    history = AdoreTrainer(model.query_encoder, index, queries=train.queries, positives=train.positives,
+                           config=AdoreConfig(max_steps=args.steps)).train()
     shares = [r["nonencoder_share"] for r in history[2:]]  # the first steps warm up
     steps = [r["step_s"] for r in history[2:]]
     print(f"N={index.ntotal:,}, d={index.dim}: mean step {np.mean(steps):.3f} s (encoder forward and backward, "

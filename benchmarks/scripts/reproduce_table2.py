@@ -2,7 +2,9 @@
 number of steps from the same warm-up model, then ADORE on top of each, with paired t-tests
 against In-Batch. Not part of CI (about 10 minutes per method on 2 cores with the defaults).
 
-    python benchmarks/reproduce_table2.py [--data ../shared/data/scifact] [--epochs 4] [--output runs/table2]
+Run from the repository root:
+
+    python -m benchmarks.scripts.reproduce_table2 [--data ../shared/data/scifact] [--epochs 4] [--output runs/table2]
 
 Methods: In-Batch, Rand Neg, Static (BM25 negatives), STAR (the warm-up model's static negatives plus
 in-batch reuse), TriSampler (its negatives with the STAR loss); "+ ADORE" trains the query tower of
@@ -14,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from drfast.adore import AdoreConfig, run_adore
-from drfast.evaluation import evaluate, paired_ttest, read_trec_run
-from drfast.star import StarConfig, run_star
+from drfast.eval import evaluate, paired_ttest, read_trec_run
+from drfast.pipelines import run_adore, run_star
+from drfast.train import AdoreConfig, StarConfig
 
 METHODS = [("In-Batch", "inbatch", "model"), ("Rand Neg", "randneg", "model"), ("Static (BM25)", "static", "bm25"),
            ("STAR", "star", "model"), ("TriSampler", "trisampler", "model")]
@@ -27,7 +29,7 @@ def per_query(run_dir: Path, qrels) -> dict:
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the repository root
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
@@ -45,10 +47,10 @@ def main() -> None:
     for label, method, negatives in METHODS:
         star_dir = out / method
         run_star(args.data, args.model, star_dir, negatives=negatives,
-                          config=StarConfig(method=method, epochs=args.epochs, seed=args.seed))
+                 config=StarConfig(method=method, epochs=args.epochs, seed=args.seed))
         run_adore(args.data, str(star_dir / "model" / "document"), star_dir / "adore",
-                          config=AdoreConfig(epochs=args.epochs, seed=args.seed),
-                          query_model=str(star_dir / "model" / "query"))
+                  config=AdoreConfig(epochs=args.epochs, seed=args.seed),
+                  query_model=str(star_dir / "model" / "query"))
         for name, sub, query in ((label, "eval", "query"), (label + " + ADORE", "adore-eval", None)):
             qm = str(star_dir / "model" / "query") if query else str(star_dir / "adore" / "query_encoder")
             cli(["evaluate", "--data", args.data, "--split", "test", "--model", str(star_dir / "model" / "document"),

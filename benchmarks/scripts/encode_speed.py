@@ -1,7 +1,9 @@
 """Corpus encoding speed: drfast's encode_corpus vs sentence-transformers' encode, same model,
 batch size and max length, on a BEIR corpus; then the cache hit of a second call.
 
-    python benchmarks/encode_speed.py [--data ../shared/data/scifact] [--model all-MiniLM-L6-v2]
+Run from the repository root:
+
+    python -m benchmarks.scripts.encode_speed [--data ../shared/data/scifact] [--model all-MiniLM-L6-v2]
 
 Runs the two encoders one after the other in this process (about 5 minutes for SciFact on 2 cores).
 """
@@ -15,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drfast.corpus_encoding import encode_corpus
 from drfast.data import Corpus
-from drfast.encoders import Encoder, resolve_model
+from drfast.encode import Encoder, encode_corpus, resolve_model
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the repository root
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
@@ -44,11 +45,12 @@ def main() -> None:
     st_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        emb, _ = encode_corpus(encoder, corpus, cache, dtype="float32", batch_size=args.batch_size,
+        emb, _ = encode_corpus(encoder, corpus, cache_dir=cache, dtype="float32", batch_size=args.batch_size,
                                show_progress=False)
         drfast_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        encode_corpus(encoder, corpus, cache, dtype="float32", batch_size=args.batch_size, show_progress=False)
+        encode_corpus(encoder, corpus, cache_dir=cache, dtype="float32", batch_size=args.batch_size,
+                      show_progress=False)
         cached_s = time.perf_counter() - t0
         diff = float(np.abs(np.asarray(emb) - reference).max())
     print("| encoder | seconds | docs/s |\n|---|---:|---:|")

@@ -1,6 +1,8 @@
 """Scaling of drfast's fused search with N, and its peak extra memory for one search.
 
-    python benchmarks/scaling_memory.py [--max-n 4000000] [--mem-n 1000000]
+Run from the repository root (it imports benchmarks.benchutil):
+
+    python -m benchmarks.scripts.scaling_memory [--max-n 4000000] [--mem-n 1000000]
 
 B=32, d=768, k=200, cutoff=10, one random positive per query. 4M x 768 fp32 is 12.3 GB; each N's
 matrix is freed before the next. Memory is measured in a fresh spawned process per dtype so the
@@ -16,7 +18,7 @@ import time
 import numpy as np
 
 import drfast
-from benchutil import CUTOFF, K, gaussian_rows, make_inputs
+from benchmarks.benchutil import CUTOFF, K, gaussian_rows, make_inputs
 
 SIZES = [100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000]
 
