@@ -1,11 +1,13 @@
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from drfast.cli import main
+from drfast.cli import build_parser, main
 
 
 def test_info_prints_build(capsys):
@@ -15,7 +17,7 @@ def test_info_prints_build(capsys):
 
 
 def test_check_small_run_agrees_with_reference(capsys):
-    assert main(["check", "--n", "3000", "--dim", "40", "--batch", "5", "--k", "20", "--dtype", "float16"]) == 0
+    assert main(["check", "--docs", "3000", "--dim", "40", "--batch", "5", "--k", "20", "--dtype", "float16"]) == 0
     out = capsys.readouterr().out
     assert "fused native search" in out and "agreeing with the reference: 100.00%" in out
 
@@ -23,6 +25,69 @@ def test_check_small_run_agrees_with_reference(capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "drfast", "info"], capture_output=True, text=True, check=True)
     assert '"simd"' in out.stdout
+
+
+def subcommands():
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def flags_of(command):
+    return {s for a in subcommands()[command]._actions for s in a.option_strings}
+
+
+def test_every_flag_has_help_and_one_meaning():
+    meanings = {}  # flag -> {(dest, help without the default, type, choices): [commands]}
+    for command, parser in subcommands().items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"drfast {command} {action.option_strings or action.dest}: no help"
+            help_text = action.help.replace(" (default: %(default)s)", "")
+            meaning = (action.dest, help_text, getattr(action.type, "__name__", None),
+                       tuple(action.choices or ()))
+            for flag in action.option_strings:
+                meanings.setdefault(flag, {}).setdefault(meaning, []).append(command)
+    assert {flag: m for flag, m in meanings.items() if len(m) > 1} == {}
+    assert len(meanings) > 50  # every command was seen
+
+
+def test_seeds_and_batch_sizes_are_named_by_what_they_control():
+    commands = set(subcommands())
+    having = {flag: {c for c in commands if flag in flags_of(c)}
+              for flag in ("--seed", "--index-seed", "--batch-size", "--encode-batch-size", "--query-batch-size")}
+    assert having["--seed"] == {"adore", "star", "mine", "demo", "check"}  # the run's own random draws
+    assert having["--index-seed"] == {"index", "evaluate", "search", "errors", "adore", "demo"}  # PQ codebooks
+    assert having["--batch-size"] == {"adore", "star"}  # training queries per micro-batch
+    assert having["--encode-batch-size"] == {"encode", "index", "evaluate", "search", "errors", "mine", "adore",
+                                             "star"}
+    assert having["--query-batch-size"] == {"evaluate", "search", "errors", "mine"}
+
+
+def test_config_flags_are_the_config_fields_with_their_defaults():
+    import dataclasses
+
+    from drfast.cli import Options
+    from drfast.common.dataclass_args import from_args
+    from drfast.negatives.mining import MiningConfig
+    from drfast.train import AdoreConfig, StarConfig
+
+    required = ["--data", "D", "--model", "M", "--output", "O"]
+    for command, cls in (("adore", AdoreConfig), ("star", StarConfig), ("mine", MiningConfig)):
+        assert {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)} <= flags_of(command)
+        args = build_parser().parse_args([command] + required)
+        assert from_args(cls, args) == cls()
+    adore = from_args(AdoreConfig, build_parser().parse_args(["adore"] + required))
+    assert (adore.k, adore.cutoff, adore.lr, adore.batch_size, adore.epochs) == (200, 10, 4e-5, 32, 4)
+    args = build_parser().parse_args(["adore"] + required + ["--lr", "1e-4", "--only-if-unretrieved", "--amp", "bf16",
+                                                             "--score-scale", "5", "--also-evaluate-on", "pq:8"])
+    config = from_args(AdoreConfig, args)
+    assert (config.lr, config.only_if_unretrieved, config.amp, config.score_scale) == (1e-4, True, "bf16", 5.0)
+    assert args.also_evaluate_on == ["pq:8"] and args.index == Options.index == "flat"
+    mine = build_parser().parse_args(["mine"] + required + ["--no-dedupe-texts", "--margin-rel", "0.1"])
+    assert from_args(MiningConfig, mine) == MiningConfig(dedupe_texts=False, margin_rel=0.1)
+    with pytest.raises(SystemExit):  # choices come from the config
+        build_parser().parse_args(["star"] + required + ["--method", "bm25"])
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +102,7 @@ def tiny_setup(tmp_path_factory):
 
 @pytest.mark.parametrize("index", ["flat", "pq:4"])
 def test_evaluate_writes_metrics_consistent_with_its_run(tiny_setup, index, capsys):
-    from drfast.data.formats import load_beir
+    from drfast.data import load_beir
     from drfast.eval.trec import evaluate, read_trec_run
 
     out = tiny_setup["root"] / f"eval-{index.replace(':', '')}"
@@ -124,18 +189,50 @@ def test_adore_then_evaluate_with_the_trained_query_model(tiny_setup):
 
 @pytest.mark.parametrize("method", ["star", "inbatch", "trisampler"])
 def test_star_command_trains_both_towers(tiny_setup, method):
+    import torch
+
+    from drfast.data import Corpus
+    from drfast.encode.corpus_cache import corpus_cache_key, encode_corpus
+    from drfast.encode.encoders import BiEncoder, Encoder
+
     out = tiny_setup["root"] / f"star-{method}"
     assert main(["star", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--method", method,
                  "--epochs", "1", "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["config"]["method"] == method and set(report["after"]) == set(report["before"])
-    assert (out / "model" / "query" / "modules.json").is_file() and (out / "model" / "document").is_dir()
+    # Both saved towers moved away from the starting model.
+    start = BiEncoder.load(tiny_setup["model"])
+    towers = {role: Encoder.load(out / "model" / role, role=role) for role in ("query", "document")}
+    for role, before in (("query", start.query_encoder), ("document", start.doc_encoder)):
+        old, new = dict(before.model.named_parameters()), dict(towers[role].model.named_parameters())
+        assert old.keys() == new.keys()
+        changed = [name for name in old if not torch.equal(old[name], new[name])]
+        assert len(changed) > len(old) / 2, f"{role} tower: only {changed} changed"
+    # "after" was evaluated on the corpus re-encoded by the trained document tower: its cache key,
+    # whose cached embeddings are that tower's encoding of the corpus (not the starting one's) ...
+    corpus = Corpus(Path(tiny_setup["data"]) / "corpus.jsonl")
+    keys = report["corpus_embeddings"]
+    assert keys["before"] == corpus_cache_key(start.doc_encoder, corpus)
+    assert keys["after"] == corpus_cache_key(towers["document"], corpus) != keys["before"]
+    assert (Path(tiny_setup["cache"]) / "embeddings" / keys["after"]).is_dir()
+    cached, _ = encode_corpus(towers["document"], corpus, Path(tiny_setup["cache"]) / "embeddings")
+    texts = corpus.texts(range(len(corpus)))
+    np.testing.assert_allclose(cached, towers["document"].encode(texts), rtol=1e-2, atol=1e-3)
+    assert not np.allclose(cached, start.doc_encoder.encode(texts), rtol=1e-2, atol=1e-3)
+    # ... and the saved towers, evaluated from scratch, reproduce "after".
+    ev = tiny_setup["root"] / f"star-{method}-eval"
+    assert main(["evaluate", "--data", tiny_setup["data"], "--model", str(out / "model" / "document"),
+                 "--query-model", str(out / "model" / "query"), "--cache", tiny_setup["cache"],
+                 "--output", str(ev)]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())["metrics"]
+    for name, value in report["after"].items():
+        assert metrics[name] == pytest.approx(value, abs=1e-9)
 
 
 @pytest.mark.parametrize("source", ["model", "bm25"])
 def test_mine_command_writes_training_examples(tiny_setup, source):
     pytest.importorskip("bm25s") if source == "bm25" else None
-    from drfast.data.formats import iter_training_examples
+    from drfast.data import iter_training_examples
 
     out = tiny_setup["root"] / f"mined-{source}.jsonl"
     assert main(["mine", "--data", tiny_setup["data"], "--split", "train", "--model", tiny_setup["model"],

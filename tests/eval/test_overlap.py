@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ from drfast.train.adore import AdoreConfig, AdoreTrainer
 from drfast.eval.overlap import NegativeOverlapHook, overlap_and_mrr, sample_queries
 from drfast.encode.encoders import BiEncoder, Encoder
 from drfast.train.star import StarConfig, StarTrainer
-from drfast.train.core import periodic_hooks
+from drfast.train.core import TrainConfig, TrainingRun
 from tiny import WORDS, make_tiny_beir, make_tiny_hf_folder
 
 
@@ -89,20 +90,41 @@ def test_sample_queries_is_seeded_bounded_and_order_free():
         sample_queries(qids, 0)
 
 
-def test_periodic_hooks_give_each_hook_its_own_period():
+class CountingRun(TrainingRun):
+    """A trainer with no encoder: one parameter, a constant loss gradient, for the hook schedule."""
+
+    def micro_batch(self, items):
+        return self.model.weight.sum(), {}
+
+
+def test_each_hook_runs_on_its_own_period_and_at_step_zero():
     calls = []
-    period, hooks = periodic_hooks((4, lambda tr, s: calls.append(("a", s)) or {"a": s}),
-                                   (6, lambda tr, s: calls.append(("b", s)) or {"b": s}), (0, lambda tr, s: 1 / 0))
-    assert period == 2 and len(hooks) == 2
-    for step in range(0, 13, period):
-        for hook in hooks:
-            hook(None, step)
+
+    def hook(name):
+        return lambda tr, step: calls.append((name, step)) or {name: step}
+
+    run = CountingRun(torch.nn.Linear(1, 1), list(range(12)), config=TrainConfig(batch_size=1, epochs=1),
+                      hooks=[(4, hook("a")), (6, hook("b")), (0, lambda tr, s: 1 / 0)])
+    history = run.train()
     assert calls == [("a", 0), ("b", 0), ("a", 4), ("b", 6), ("a", 8), ("a", 12), ("b", 12)]
-    assert periodic_hooks((0, print)) == (0, [])
-    with pytest.raises(ValueError, match="schedule: periods must be integers >= 0"):
-        periodic_hooks((-1, print))
+    assert history[0] == {"step": 0, "epoch": 0, "a": 0, "b": 0}
+    assert {r["step"]: ("a" in r, "b" in r) for r in history if r["step"] in (4, 6, 12)} == {
+        4: (True, False), 6: (False, True), 12: (True, True)}
+    with pytest.raises(ValueError, match="hooks: every: must be >= 0"):
+        CountingRun(torch.nn.Linear(1, 1), [0], hooks=[(-1, print)])
     with pytest.raises(TypeError, match="callable hook"):
-        periodic_hooks((1, "print"))
+        CountingRun(torch.nn.Linear(1, 1), [0], hooks=[(1, "print")])
+    with pytest.raises(TypeError, match=r"\(every, hook\) pairs"):
+        CountingRun(torch.nn.Linear(1, 1), [0], hooks=[print])
+
+
+def test_a_resumed_run_calls_no_hook_at_step_zero(tmp_path):
+    calls = []
+    config = TrainConfig(batch_size=1, epochs=1, save_every=2)
+    CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=config, output_dir=tmp_path).train()
+    CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=dataclasses.replace(config, epochs=2),
+                output_dir=tmp_path, hooks=[(2, lambda tr, s: calls.append(s))]).train(resume=True)
+    assert calls == [6, 8]
 
 
 # ---- the hook in training -----------------------------------------------------------------------
@@ -119,10 +141,12 @@ def adore_task(n_docs=80, n_queries=16, dim=32):
     return drfast.FlatIndex(docs, doc_ids=[f"d{i}" for i in range(n_docs)]), queries, positives
 
 
-def adore_trainer(tiny_model, out, hooks, eval_every=2):
+def adore_trainer(tiny_model, out, hooks, every=2):
+    """hooks: called every `every` steps."""
     index, queries, positives = adore_task()
-    config = AdoreConfig(k=20, lr=1e-3, batch_size=4, epochs=3, save_every=2, seed=7, eval_every=eval_every)
-    return AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives, config, out, hooks)
+    config = AdoreConfig(k=20, lr=1e-3, batch_size=4, epochs=3, save_every=2, seed=7)
+    return AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries=queries, positives=positives,
+                        config=config, output_dir=out, hooks=[(every, hook) for hook in hooks])
 
 
 def overlap_hook(tiny_model, **kwargs):
@@ -151,9 +175,9 @@ def test_hook_logs_step_zero_and_every_eval_step(tiny_model, tmp_path):
 
 
 def test_hook_changes_no_weight(tiny_model, tmp_path):
-    plain = adore_trainer(tiny_model, None, [], eval_every=0)
+    plain = adore_trainer(tiny_model, None, [])
     plain.train()
-    hooked = adore_trainer(tiny_model, None, [overlap_hook(tiny_model)], eval_every=1)
+    hooked = adore_trainer(tiny_model, None, [overlap_hook(tiny_model)], every=1)
     hooked.train()
     for (name, a), (_, b) in zip(plain.encoder.state_dict().items(), hooked.encoder.state_dict().items()):
         assert torch.equal(a, b), name
@@ -194,8 +218,9 @@ def test_star_trainer_gets_a_reencoded_index(rng, tmp_path):
     negatives = {f"q{i}": [f"d{(i + 1) % 40}", f"d{(i + 20) % 40}", f"d{i}"] for i in range(16)}
     hook = NegativeOverlapHook(queries, positives, negatives, k=5, max_queries=8)
     assert len(hook.qids) == 8 and all(len(hook.static[q]) == 2 for q in hook.qids)  # the positive is dropped
-    config = StarConfig(method="star", lr=2e-3, batch_size=8, epochs=2, eval_every=2)
-    history = StarTrainer(model, ListCorpus(docs), queries, positives, negatives, config, hooks=[hook]).train()
+    config = StarConfig(method="star", lr=2e-3, batch_size=8, epochs=2)
+    history = StarTrainer(model, ListCorpus(docs), queries=queries, positives=positives, negatives=negatives,
+                          config=config, hooks=[(2, hook)]).train()
     evals = [r for r in history if "static_overlap" in r]
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert all(0 <= r["static_overlap"] <= 1 and 0 <= r["train_mrr10"] <= 1 for r in evals)

@@ -13,7 +13,7 @@ from reference import integer_embeddings, random_positives, reference_pairwise_e
 
 
 def test_exact_positive_ranks_match_reference_across_batches(rng):
-    N, d, Q = int(rng.integers(1, 300)), 6, int(rng.integers(1, 40))
+    N, d, Q = int(rng.integers(1, 300)), 6, int(rng.integers(3, 40))  # Q >= 3: the shape check below
     docs = integer_embeddings(rng, (N, d), np.float32, -1, 1)  # many ties
     queries = integer_embeddings(rng, (Q, d), np.float32, -1, 1)
     positives = random_positives(rng, Q, N, max_per_query=4)
@@ -39,7 +39,7 @@ def brute_force_errors(tiny, k):
     """Per-query errors from each positive's position in the full ranking (k = N) of the same cached
     embeddings: the kernel's own scores, so near-ties order as in the pipeline's rank counts."""
     from drfast.encode.corpus_cache import encode_corpus
-    from drfast.data.formats import load_beir
+    from drfast.data import load_beir
     from drfast.encode.encoders import BiEncoder
 
     data = load_beir(tiny["data"], "test")
@@ -87,10 +87,9 @@ def test_interrupted_run_resumes_from_saved_chunks(tiny, monkeypatch):
 
     monkeypatch.setattr(error_report, "exact_positive_ranks", failing_after_one_chunk)
     with pytest.raises(KeyboardInterrupt):
-        error_report.run_errors(tiny["data"], "test", tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8,
-                                plot=False)
+        error_report.run_errors(tiny["data"], tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
     assert len(list(out.glob(".ranks-*/chunk_*.npy"))) == 1
-    report = error_report.run_errors(tiny["data"], "test", tiny["model"], out, cache_dir=tiny["cache"],
+    report = error_report.run_errors(tiny["data"], tiny["model"], out, split="test", cache_dir=tiny["cache"],
                                      chunk_size=8, plot=False)
     chunks = -(-report["summary"]["queries"] // 8)
     assert len(calls) == 2 + chunks - 1  # the resumed run computed every chunk but the saved one
@@ -104,6 +103,6 @@ def test_plot_of_an_empty_summary(tmp_path):
 
 def test_bad_arguments_fail_before_encoding(tiny):
     with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M'"):
-        error_report.run_errors(tiny["data"], "test", tiny["model"], tiny["root"] / "x", index_spec="ivf")
+        error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", index_spec="ivf")
     with pytest.raises(ValueError, match="k: must be >= 1"):
-        error_report.run_errors(tiny["data"], "test", tiny["model"], tiny["root"] / "x", k=0)
+        error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", k=0)

@@ -74,7 +74,7 @@ def test_training_lowers_loss_and_raises_training_mrr(rng, tiny_model):
     index, queries, positives = synthetic_task(rng)
     encoder = Encoder.load(tiny_model, pooling="mean", role="query")
     config = AdoreConfig(k=20, cutoff=10, lr=3e-3, batch_size=8, epochs=40, warmup_ratio=0.0, score_scale=1.0)
-    history = AdoreTrainer(encoder, index, queries, positives, config).train()
+    history = AdoreTrainer(encoder, index, queries=queries, positives=positives, config=config).train()
     first, last = history[:4], history[-4:]
     assert np.mean([h["loss"] for h in last]) < 0.5 * np.mean([h["loss"] for h in first])
     assert np.mean([h["mrr10"] for h in last]) > np.mean([h["mrr10"] for h in first]) + 0.2
@@ -86,8 +86,8 @@ def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
 
     def trainer(out, hooks=()):
         torch.manual_seed(123)  # the same starting point for both runs (dropout draws come from the seed)
-        return AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives,
-                            AdoreConfig(**{**config.__dict__, "eval_every": 1 if hooks else 0}), out, hooks)
+        return AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries=queries, positives=positives,
+                            config=config, output_dir=out, hooks=hooks)
 
     full = trainer(tmp_path / "full")
     full.train()
@@ -100,7 +100,7 @@ def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        trainer(tmp_path / "cut", hooks=[stop_at_5]).train()
+        trainer(tmp_path / "cut", hooks=[(1, stop_at_5)]).train()
     resumed = trainer(tmp_path / "cut")
     resumed.train(resume=True)
     assert resumed.step == full.step == 12
@@ -114,25 +114,32 @@ def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
 def test_bad_configurations_are_clear_errors(rng, tiny_model):
     index, queries, positives = synthetic_task(rng)
     encoder = Encoder.load(tiny_model, role="query")
+
+    def trainer(config, positives=positives, index=index):
+        return AdoreTrainer(encoder, index, queries=queries, positives=positives, config=config)
+
     with pytest.raises(ValueError, match="cutoff: must be >= 1"):
-        AdoreTrainer(encoder, index, queries, positives, AdoreConfig(cutoff=0))
+        trainer(AdoreConfig(cutoff=0))
     with pytest.raises(ValueError, match="k: 500 candidates asked but the index has only 80 rows"):
-        AdoreTrainer(encoder, index, queries, positives, AdoreConfig(k=500))
+        trainer(AdoreConfig(k=500))
     with pytest.raises(ValueError, match="query 'q0' has no positive document"):
-        AdoreTrainer(encoder, index, queries, {**positives, "q0": []}, AdoreConfig(k=10))
+        trainer(AdoreConfig(k=10), {**positives, "q0": []})
     with pytest.raises(ValueError, match="document 'nope' of query 'q1' is not in the index"):
-        AdoreTrainer(encoder, index, queries, {**positives, "q1": ["nope"]}, AdoreConfig(k=10))
+        trainer(AdoreConfig(k=10), {**positives, "q1": ["nope"]})
     wrong_dim = drfast.FlatIndex(np.ones((80, 16), np.float32))
     with pytest.raises(ValueError, match="query_encoder: dimension 32 differs from the index's 16"):
-        AdoreTrainer(encoder, wrong_dim, queries, positives, AdoreConfig(k=10))
+        trainer(AdoreConfig(k=10), index=wrong_dim)
     with pytest.raises(ValueError, match="amp: expected"):
-        AdoreTrainer(encoder, index, queries, positives, AdoreConfig(k=10, amp="int8"))
+        trainer(AdoreConfig(k=10, amp="int8"))
+    with pytest.raises(TypeError, match="positional"):  # everything after the index is a keyword
+        AdoreTrainer(encoder, index, queries, positives)
 
 
 def test_gradient_accumulation_takes_one_optimizer_step_per_group(rng, tiny_model):
     index, queries, positives = synthetic_task(rng)
     config = AdoreConfig(k=20, batch_size=4, grad_accum=2, epochs=1)
-    trainer = AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives, config)
+    trainer = AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries=queries, positives=positives,
+                           config=config)
     history = trainer.train()
     assert trainer.micro == 4 and trainer.step == 2 and len(history) == 2
     assert all(0 < h["nonencoder_share"] < 1 for h in history)
@@ -151,5 +158,5 @@ def test_tensorboard_without_the_package_is_a_clear_error(rng, tiny_model, tmp_p
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     index, queries, positives = synthetic_task(rng)
     with pytest.raises(ValueError, match="tensorboard: logging to TensorBoard needs"):
-        AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries, positives,
-                     AdoreConfig(k=10, tensorboard=True), tmp_path)
+        AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries=queries, positives=positives,
+                     config=AdoreConfig(k=10, tensorboard=True), output_dir=tmp_path)

@@ -87,7 +87,8 @@ def test_tiny_model_training_lowers_the_loss(rng, tmp_path, method):
     negatives = {f"q{i}": [f"d{(i + 1) % 40}", f"d{(i + 20) % 40}"] for i in range(16)}
     config = StarConfig(method=method, n_negatives=1, lr=2e-3, batch_size=8, epochs=25, warmup_ratio=0.0,
                         score_scale=1.0)
-    history = StarTrainer(model, corpus, queries, positives, negatives, config).train()
+    history = StarTrainer(model, corpus, queries=queries, positives=positives, negatives=negatives,
+                          config=config).train()
     first, last = np.mean([h["loss"] for h in history[:4]]), np.mean([h["loss"] for h in history[-4:]])
     assert last < 0.7 * first
 
@@ -100,6 +101,7 @@ def test_bad_configurations(tmp_path):
     model = BiEncoder.load(make_tiny_hf_folder(tmp_path / "m"))
     corpus = ListCorpus(["a", "b", "c"])
     with pytest.raises(ValueError, match="negatives: method 'star' needs static hard negatives"):
-        StarTrainer(model, corpus, {"q": "a"}, {"q": ["d0"]}, None, StarConfig())
+        StarTrainer(model, corpus, queries={"q": "a"}, positives={"q": ["d0"]}, config=StarConfig())
     with pytest.raises(ValueError, match="no hard negative that is not a positive"):
-        StarTrainer(model, corpus, {"q": "a"}, {"q": ["d0"]}, {"q": ["d0"]}, StarConfig())
+        StarTrainer(model, corpus, queries={"q": "a"}, positives={"q": ["d0"]}, negatives={"q": ["d0"]},
+                    config=StarConfig())

@@ -5,8 +5,9 @@ Static baseline train on); dynamic negatives are the current model's top-K over 
 what ADORE trains on. As the query encoder moves, the static ones go stale: the overlap of the two
 sets, starting near 1.0 when the static negatives are the starting model's own top-K, says how much.
 
-`NegativeOverlapHook` is called as hook(trainer, step) (every `eval_every` steps and at step 0, see
-`drfast.training.TrainingRun`) and returns the two values logged to OUTPUT/run/train_log.jsonl:
+`NegativeOverlapHook` is given to a trainer with its own period, hooks=[(every, hook)], and called
+as hook(trainer, step) at step 0 and every `every` steps (see `drfast.train.core.TrainingRun`); it
+returns the two values logged to OUTPUT/run/train_log.jsonl:
 
     static_overlap  mean over the sampled queries of |S ∩ D| / |S|, where S is the query's static
                     negatives (its positives removed, the first K of the list) and D its current
@@ -105,7 +106,7 @@ def reencoded_index(doc_encoder, corpus, batch_size: int = 64, chunk_size: int =
             if not np.isfinite(chunk).all():
                 raise ValueError("doc_encoder: embeddings overflow float16 (values beyond its range)")
             emb[start:end] = chunk
-    return FlatIndex(emb, list(corpus.doc_ids))
+    return FlatIndex(emb, corpus.doc_ids)
 
 
 class NegativeOverlapHook:

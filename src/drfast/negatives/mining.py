@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
+from drfast.common.dataclass_args import option
 from drfast.common.doc_ids import DocIdMap
 from drfast.data import TrainingExample, write_training_examples
 from drfast.data.parsing import PathLike
@@ -41,27 +42,20 @@ SAMPLING = ("top", "random")
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """How negatives are chosen (see the module docstring for the order of the steps).
+    """How negatives are chosen (see the module docstring for the order of the steps). Each field is
+    also a flag of `drfast mine` (drfast.common.dataclass_args)."""
 
-    depth       take candidates up to this rank among the non-positives (R, default 200)
-    skip        skip the top `skip` candidates (r, default 0); ranks skip+1 .. depth remain
-    n           negatives kept per query (default 30: a pool from which a trainer such as Tevatron
-                samples a few per step, as in the released Tevatron/MS MARCO files)
-    sampling    "top" (the n hardest) or "random" (n uniformly from the window, seeded)
-    margin_abs  None (off) or >= 0: keep score <= s_pos - margin_abs
-    margin_rel  None (off) or >= 0: keep score <= s_pos - margin_rel * |s_pos|
-    dedupe_texts  drop candidates whose normalised text equals a positive's or a kept one's
-    seed        seed of the "random" sampling (>= 0)
-    """
-
-    depth: int = 200
-    skip: int = 0
-    n: int = 30
-    sampling: str = "top"
-    margin_abs: Optional[float] = None
-    margin_rel: Optional[float] = None
-    dedupe_texts: bool = True
-    seed: int = 0
+    depth: int = option(200, "take candidates up to this rank among the non-positives (R)")
+    skip: int = option(0, "skip the top r candidates (likely false negatives); ranks r+1 .. depth remain")
+    n: int = option(30, "negatives kept per query (30: a pool a trainer such as Tevatron samples a few from "
+                        "per step)")
+    sampling: str = option("top", "keep the n hardest (top) or n drawn uniformly from the window (random, seeded)",
+                           choices=SAMPLING)
+    margin_abs: Optional[float] = option(None, "keep scores <= s_pos - margin (s_pos: the query's lowest "
+                                               "positive score)", metavar="MARGIN")
+    margin_rel: Optional[float] = option(None, "keep scores <= s_pos - margin * |s_pos|", metavar="MARGIN")
+    dedupe_texts: bool = option(True, "drop candidates whose normalised text equals a positive's or a kept one's")
+    seed: int = option(0, "seed of every random draw of the run")
 
     def __post_init__(self) -> None:
         for name, low in (("depth", 1), ("skip", 0), ("n", 1), ("seed", 0)):

@@ -14,8 +14,7 @@ import torch
 
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int
-from drfast.common.timing import timed
-from drfast.data.formats import load_beir
+from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder, save_encoder
 from drfast.eval.overlap import NegativeOverlapHook
 from drfast.eval.retrieve import retrieve
@@ -23,32 +22,34 @@ from drfast.eval.trec import evaluate
 from drfast.index.spec import build_index, parse_index_spec
 from drfast.pipelines.corpus import corpus_embeddings, corpus_index
 from drfast.train.adore import AdoreConfig, AdoreTrainer
-from drfast.train.core import periodic_hooks
 
 
 # ---- the whole pipeline: what `drfast adore` and `drfast demo` run ------------------------------
-def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, index_spec: str = "flat",
+def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, *, index_spec: str = "flat",
               train_split: str = "train", eval_split: str = "test", config: Optional[AdoreConfig] = None,
-              cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encoder_options=None,
-              index_seed: int = 0, resume: bool = False, eval_indexes: Sequence[str] = (),
-              device: str = "auto", query_model: Optional[str] = None, overlap_every: int = 0,
-              static_negatives: Optional[Dict[str, Sequence[str]]] = None) -> dict:
+              query_model: Optional[str] = None, encoder_options: Optional[dict] = None,
+              cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
+              index_seed: int = 0, also_evaluate_on: Sequence[str] = (), eval_every: int = 0,
+              overlap_every: int = 0, static_negatives: Optional[Dict[str, Sequence[str]]] = None,
+              device: str = "auto", resume: bool = False) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
-    is the starting query encoder, e.g. a STAR-trained query tower over STAR's document tower. `eval_indexes` adds evaluations of
-    the trained and the starting query encoder on other index specs (e.g. a flat-trained model on pq:48).
+    is the starting query encoder, e.g. a STAR-trained query tower over STAR's document tower.
+    `also_evaluate_on` adds evaluations of the trained and the starting query encoder on other index
+    specs (e.g. a flat-trained model on pq:48).
 
-    `config.eval_every` > 0 logs eval_* metrics of the eval split every that many steps and at step 0.
-    `overlap_every` > 0 logs `static_overlap` and `train_mrr10` (drfast.diagnostics) every that many
-    steps and at step 0, on a fixed sample of at most 1000 training queries; the static negatives are
-    `static_negatives` {qid: [doc_id]} or, by default, the starting query encoder's top-k (config.k)
-    non-positives of the index. The two periods are independent (the trainer's hooks run every gcd)."""
+    Two hooks with periods of their own (0: off), each also run at step 0: `eval_every` logs eval_*
+    metrics of the eval split; `overlap_every` logs `static_overlap` and `train_mrr10`
+    (drfast.eval.overlap) on a fixed sample of at most 1000 training queries, whose static negatives
+    are `static_negatives` {qid: [doc_id]} or, by default, the starting query encoder's top-k (config.k)
+    non-positives of the index."""
     parse_index_spec(index_spec)
-    for spec in eval_indexes:
+    for spec in also_evaluate_on:
         parse_index_spec(spec)
     config = config or AdoreConfig()
     config.check()
+    check_int(eval_every, "eval_every", 0)
     check_int(overlap_every, "overlap_every", 0)
     if static_negatives is not None and not overlap_every:
         raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
@@ -57,7 +58,8 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     t_all = time.perf_counter()
     train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))  # the query tower starts from query_model
-    index = corpus_index(data_dir, encoders, index_spec, cache_dir, dtype, index_seed=index_seed, timings=timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
+                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     query_encoder = encoders.query_encoder
     if encoders.shared:  # the document tower's weights must stay those of the index
         query_encoder = copy.deepcopy(query_encoder)
@@ -71,8 +73,12 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         with torch.inference_mode():
             return evaluate(retrieve(idx, query_encoder, test.queries, k=100, show_progress=False), test.qrels)
 
-    extra = {spec: build_index(corpus_embeddings(data_dir, encoders, cache_dir, dtype, show_progress=False)[0],
-                               index.doc_ids, spec, index_seed).to(query_encoder.device) for spec in eval_indexes}
+    extra = {}
+    if also_evaluate_on:  # the same cached corpus embeddings as the main index
+        emb, _ = corpus_embeddings(data_dir, encoders, cache_dir=cache_dir, dtype=dtype,
+                                   encode_batch_size=encode_batch_size, show_progress=False)
+        extra = {spec: build_index(emb, index.doc_ids, spec, index_seed).to(query_encoder.device)
+                 for spec in also_evaluate_on}
     t0 = time.perf_counter()
     before = evaluate_on(index)
     before_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}
@@ -81,18 +87,17 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     def eval_hook(tr, step: int) -> dict:  # step 0 is the "before" evaluation, not to be redone
         return {f"eval_{k}": v for k, v in (before if step == 0 else evaluate_on(index)).items()}
 
-    schedule = [(config.eval_every, eval_hook)]
+    hooks = [(eval_every, eval_hook)]
     if overlap_every:
         t0 = time.perf_counter()
         if static_negatives is None:
             overlap = NegativeOverlapHook.from_index(index, query_encoder, train.queries, train.positives, k=config.k)
         else:
             overlap = NegativeOverlapHook(train.queries, train.positives, static_negatives, k=config.k)
-        schedule.append((overlap_every, overlap))
+        hooks.append((overlap_every, overlap))
         timings["overlap_setup_s"] = round(time.perf_counter() - t0, 3)
-    eval_every, hooks = periodic_hooks(*schedule)
-    trainer = AdoreTrainer(query_encoder, index, train.queries, train.positives,
-                           dataclasses.replace(config, eval_every=eval_every), output_dir=output / "run", hooks=hooks)
+    trainer = AdoreTrainer(query_encoder, index, queries=train.queries, positives=train.positives, config=config,
+                           output_dir=output / "run", hooks=hooks)
     t0 = time.perf_counter()
     trainer.train(resume=resume)
     timings["train_s"] = round(time.perf_counter() - t0, 3)
@@ -106,9 +111,11 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     save_encoder(query_encoder, output / "query_encoder")
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     report = {"before": before, "after": after,
-              "config": {"data": str(data_dir), "model": model, "index": index_spec, "train_split": train_split,
-                         "eval_split": eval_split, "dtype": dtype, "index_seed": index_seed,
-                         "device": str(query_encoder.device), "overlap_every": overlap_every,
+              "config": {"data": str(data_dir), "model": model, "query_model": query_model, "index": index_spec,
+                         "train_split": train_split, "eval_split": eval_split, "dtype": dtype,
+                         "encode_batch_size": encode_batch_size, "index_seed": index_seed,
+                         "also_evaluate_on": list(also_evaluate_on), "device": str(query_encoder.device),
+                         "eval_every": eval_every, "overlap_every": overlap_every,
                          "score_scale_used": trainer.scale, **dataclasses.asdict(config)},
               "timings": timings}
     if extra:

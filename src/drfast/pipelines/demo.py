@@ -42,18 +42,20 @@ def download_beir(name: str, folder: Path) -> Path:
     return folder / name
 
 
-def run_demo(data: Optional[str], model: str, output: str, pq: int, cache: Optional[str], epochs: int,
-             seed: int = 0) -> dict:
-    cache_dir = Path(cache or DEFAULT_CACHE)
+def run_demo(data: Optional[str] = None, model: str = "all-MiniLM-L6-v2", output: str = "drfast-demo", *,
+             pq: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Optional[str] = None,
+             index_seed: int = 0) -> dict:
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
     folder = find_scifact(data, cache_dir)
     spec = f"pq:{pq}"
+    config = AdoreConfig(epochs=epochs, seed=seed)
     print(f"data: {folder}\nmodel: {model}\n")
     print("1/2  ADORE against the flat index (also evaluated on the PQ index)")
-    flat = run_adore(folder, model, Path(output) / "flat", "flat", config=AdoreConfig(epochs=epochs, seed=seed),
-                     cache_dir=cache_dir, eval_indexes=[spec], index_seed=seed)
+    flat = run_adore(folder, model, Path(output) / "flat", index_spec="flat", config=config, cache_dir=cache_dir,
+                     index_seed=index_seed, also_evaluate_on=[spec])
     print(f"2/2  ADORE against the {spec} index (end to end on the compressed index)")
-    pqr = run_adore(folder, model, Path(output) / spec.replace(":", ""), spec,
-                    config=AdoreConfig(epochs=epochs, seed=seed), cache_dir=cache_dir, index_seed=seed)
+    pqr = run_adore(folder, model, Path(output) / spec.replace(":", ""), index_spec=spec, config=config,
+                    cache_dir=cache_dir, index_seed=index_seed)
     rows = [("flat", "zero-shot", flat["before"]), ("flat", "ADORE trained on flat", flat["after"]),
             (spec, "zero-shot", pqr["before"]),
             (spec, "ADORE trained on flat", flat["other_indexes"][spec]["after"]),

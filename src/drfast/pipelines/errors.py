@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from drfast.common.atomic import save_npy_atomic, write_json_atomic
 from drfast.common.checks import check_int
 from drfast.common.csr import offsets_of
 from drfast.common.timing import timed
-from drfast.data.formats import load_beir
+from drfast.data import load_beir
 from drfast.encode.corpus_cache import corpus_cache_key
 from drfast.encode.encoders import BiEncoder
 from drfast.eval import error_stats as stats
@@ -32,32 +32,33 @@ from drfast.index.spec import parse_index_spec
 from drfast.pipelines.corpus import corpus_index
 
 
-def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str | os.PathLike,
+def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, *, split: str = "test",
                query_model: Optional[str] = None, index_spec: str = "flat", k: int = 200,
-               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", batch_size: int = 64,
-               seed: int = 0, encoder_options: Optional[dict] = None, chunk_size: int = 4096,
-               plot: bool = True) -> dict:
+               encoder_options: Optional[dict] = None, cache_dir: Optional[str | os.PathLike] = None,
+               dtype: str = "float16", encode_batch_size: int = 32, query_batch_size: int = 64,
+               index_seed: int = 0, chunk_size: int = 4096, plot: bool = True) -> dict:
     """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
 
     Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
     chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped."""
     parse_index_spec(index_spec)  # fail before any encoding
     check_int(k, "k", 1)
-    check_int(batch_size, "batch_size", 1)
+    check_int(query_batch_size, "query_batch_size", 1)
     check_int(chunk_size, "chunk_size", 1)
     output = Path(output)
     timings: dict = {}
     t_all = time.perf_counter()
     data = load_beir(data_dir, split)
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    index = corpus_index(data_dir, encoders, index_spec, cache_dir, dtype, index_seed=seed, timings=timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
+                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     qids = sorted(data.positives)
     rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
 
-    work = output / f".ranks-{_run_key(encoders, data, qids, rows, index_spec, seed, dtype)}"
+    work = output / f".ranks-{_run_key(encoders, data, qids, rows, index_spec, index_seed, dtype)}"
     with timed(timings, "ranks_s"):
         offsets, ranks = _ranks_in_chunks(index, encoders.query_encoder, [data.queries[q] for q in qids], rows,
-                                          work, batch_size, chunk_size)
+                                          work, query_batch_size, chunk_size)
     timings["numba_compile_s"] = round(stats.compile_kernel(), 3)  # a cache load after the first run
     with timed(timings, "statistics_s"):
         result = stats.error_statistics(offsets, ranks, k=k, n_docs=index.ntotal)
@@ -67,7 +68,8 @@ def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str 
         "summary": summary,
         "per_query": {q: {"total": int(t), "topk": int(tk)} for q, t, tk in zip(qids, result["total"], result["topk"])},
         "config": {"data": str(data_dir), "split": split, "model": model, "query_model": query_model,
-                   "index": index_spec, "k": k, "dtype": dtype, "seed": seed, "documents": index.ntotal},
+                   "index": index_spec, "k": k, "dtype": dtype, "encode_batch_size": encode_batch_size,
+                   "query_batch_size": query_batch_size, "index_seed": index_seed, "documents": index.ntotal},
         "timings": timings,
     }
     write_json_atomic(output / "errors.json", report)
@@ -78,13 +80,13 @@ def run_errors(data_dir: str | os.PathLike, split: str, model: str, output: str 
     return report
 
 
-def _run_key(encoders, data, qids, rows, index_spec, seed, dtype) -> str:
+def _run_key(encoders, data, qids, rows, index_spec, index_seed, dtype) -> str:
     """What the saved chunks depend on: both towers' content, the corpus, the queries, their texts and
     positives, and the index."""
     identity = {"documents": corpus_cache_key(encoders.doc_encoder, data.corpus, dtype),
                 "queries": corpus_cache_key(encoders.query_encoder, data.corpus, dtype),
                 "qids": hashlib.sha256(json.dumps([qids, [data.queries[q] for q in qids], rows]).encode()).hexdigest(),
-                "index": index_spec, "seed": seed}
+                "index": index_spec, "index_seed": index_seed}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

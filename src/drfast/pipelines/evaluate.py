@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from drfast.common.timing import timed
-from drfast.data.formats import load_beir
+from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import DEFAULT_MEASURES, evaluate
@@ -17,29 +17,31 @@ from drfast.pipelines.corpus import corpus_index
 PathLike = str | os.PathLike
 
 
-def evaluate_model(data_dir: PathLike, split: str, model: str, *, query_model: Optional[str] = None,
-                   index: str = "flat", k: int = 100, cache_dir: Optional[PathLike] = None, dtype: str = "float16",
-                   encode_batch_size: int = 32, index_seed: int = 0, encoder_options: Optional[dict] = None,
+def evaluate_model(data_dir: PathLike, model: str, *, split: str = "test", query_model: Optional[str] = None,
+                   index_spec: str = "flat", k: int = 100, encoder_options: Optional[dict] = None,
+                   cache_dir: Optional[PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
+                   query_batch_size: int = 64, index_seed: int = 0,
                    measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
     """Metrics of `model` (documents; and queries unless `query_model`) on a BEIR split:
     {"metrics": {...}, "per_query": {...}, "run": {...}, "timings": {...}}."""
-    parse_index_spec(index)  # fail before any encoding
+    parse_index_spec(index_spec)  # fail before any encoding
     timings: dict = {}
     data = load_beir(data_dir, split)
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    idx = corpus_index(data_dir, encoders, index, cache_dir, dtype, encode_batch_size, index_seed, timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
+                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     with timed(timings, "retrieve_s"), torch.inference_mode():
-        run = retrieve(idx, encoders.query_encoder, data.queries, k=k)
+        run = retrieve(index, encoders.query_encoder, data.queries, k=k, batch_size=query_batch_size)
     means, per_query = evaluate(run, data.qrels, measures, per_query=True)
     return {"metrics": means, "per_query": per_query, "run": run, "timings": timings}
 
 
-def evaluate_encoders(data_dir: PathLike, data, encoders: BiEncoder, cache_dir: Optional[PathLike] = None,
-                      dtype: str = "float16", index=None, k: int = 100) -> dict:
+def evaluate_encoders(data_dir: PathLike, data, encoders: BiEncoder, *, cache_dir: Optional[PathLike] = None,
+                      dtype: str = "float16", encode_batch_size: int = 32, index=None, k: int = 100) -> dict:
     """Official metrics of in-memory encoders on a loaded split, on `index` or else a flat index of
     the corpus encoded with the current document tower (cached by its weights)."""
     if index is None:
-        index = corpus_index(data_dir, encoders, "flat", cache_dir, dtype)
+        index = corpus_index(data_dir, encoders, cache_dir=cache_dir, dtype=dtype, encode_batch_size=encode_batch_size)
     with torch.inference_mode():
         run = retrieve(index, encoders.query_encoder, data.queries, k=k, show_progress=False)
     return evaluate(run, data.qrels)

@@ -1,7 +1,6 @@
 """Negatives for a whole BEIR split: what `drfast mine` and STAR's static negatives run."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from drfast.index.flat import FlatIndex
@@ -10,8 +9,9 @@ from drfast.negatives.trisampler import trisample
 from drfast.pipelines.corpus import corpus_embeddings
 
 
-def mine_split(data: Any, encoders: Any, source: str, config: Optional[MiningConfig] = None,
-               cache_dir: Any = None, dtype: str = "float16", trisampler: Any = None) -> Mapping[str, list]:
+def mine_split(data: Any, encoders: Any, *, source: str = "model", config: Optional[MiningConfig] = None,
+               cache_dir: Any = None, dtype: str = "float16", encode_batch_size: int = 32,
+               query_batch_size: int = 64, trisampler: Any = None) -> Mapping[str, list]:
     """Negatives {qid: [row]} for a loaded split's queries with positives (drfast.data.Dataset):
     BM25's (source "bm25"), or the model's from a flat index of its cached corpus embeddings (source
     "model"); with a `trisampler` config, TriSampler draws from the model's top `config.depth` instead."""
@@ -22,9 +22,10 @@ def mine_split(data: Any, encoders: Any, source: str, config: Optional[MiningCon
                               {q: data.queries[q] for q in qids}, data.positives, config)
     if source not in ("model", "bm25"):
         raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")
-    emb, doc_ids = corpus_embeddings(data.corpus, encoders, cache_dir, dtype)
+    emb, doc_ids = corpus_embeddings(data.corpus, encoders, cache_dir=cache_dir, dtype=dtype,
+                                     encode_batch_size=encode_batch_size)
     index = FlatIndex(emb, doc_ids)
-    q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=64)
+    q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=query_batch_size)
     pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
     if trisampler is None:
         return mine_from_index(index, q_emb, qids, pos_rows, config, texts=data.corpus)

@@ -10,36 +10,39 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from drfast.common.checks import check_choice, check_float, check_int
+from drfast.common.checks import check_choice, check_int
+from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
 from drfast.search.rank_metrics import mean_mrr
 from drfast.train.core import TrainConfig, TrainingRun
 from drfast.train.losses import adore_loss
 
 
+NORMALIZERS = ("pairs", "nonzero")
+
+
 @dataclass
 class AdoreConfig(TrainConfig):
     """ADORE's settings on top of the shared ones (lr, batch, epochs, ... in TrainConfig)."""
 
-    k: int = 200                      # retrieved candidates per query (negatives come from these)
-    cutoff: int = 10                  # ΔMRR weights at MRR@cutoff (the paper: 200 passages, 10 documents)
-    score_scale: Optional[float] = None  # scores are multiplied by this in the loss; None: the model's
-    #                                   similarity scale (20 for normalised sentence-transformers models, else 1)
-    only_if_unretrieved: bool = False  # the reference's rule: unretrieved positives only when none is retrieved
-    normalizer: str = "pairs"         # per-query divisor: all (positive, negative) pairs as the reference
-    #                                   code, or only the "nonzero"-weight ones
+    # one meaning of --k in every command: the same help as drfast evaluate's, errors' and check's
+    k: int = option(200, "depth of each query's retrieved top-k (adore: the candidate negatives; errors: the K of "
+                         "the top-K errors)")
+    cutoff: int = option(10, "ΔMRR weights at MRR@cutoff (the paper: 200 passages, 10 documents)")
+    only_if_unretrieved: bool = option(False, "the reference code's rule: unretrieved positives only when no "
+                                              "positive is retrieved")
+    normalizer: str = option("pairs", "divide each query's loss by all its (positive, negative) pairs, as the "
+                                      "reference code, or by the nonzero-weight ones", choices=NORMALIZERS)
 
     def check(self) -> None:
         super().check()
         for name in ("k", "cutoff"):
             check_int(getattr(self, name), name, 1)
-        if self.score_scale is not None:
-            check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
-        check_choice(self.normalizer, "normalizer", ("pairs", "nonzero"))
+        check_choice(self.normalizer, "normalizer", NORMALIZERS)
 
 
 def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
@@ -65,17 +68,17 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
 
 
 class AdoreTrainer(TrainingRun):
-    """Trains `query_encoder` (a drfast Encoder) on `queries` {qid: text} with `positives`
-    {qid: [doc_id, ...]} against `index` (FlatIndex or PQIndex whose doc_ids name the rows).
+    """Trains `query_encoder` (a drfast Encoder) against `index` (FlatIndex or PQIndex whose doc_ids
+    name the rows) on `queries` {qid: text} with `positives` {qid: [doc_id, ...]}.
 
-    Run management (checkpoints, resume, log, hooks) comes from `TrainingRun`.
+    Run management (checkpoints, resume, log, (every, hook) pairs) comes from `TrainingRun`.
     """
 
     summed = ("pairs", "nonencoder_s")
 
-    def __init__(self, query_encoder, index, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
+    def __init__(self, query_encoder, index, *, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
                  config: Optional[AdoreConfig] = None, output_dir: Optional[str | os.PathLike] = None,
-                 hooks: Sequence[Callable] = ()):
+                 hooks: Sequence[Tuple[int, Callable]] = ()):
         config = config or AdoreConfig()
         config.check()
         if query_encoder.dim != index.dim:
@@ -93,7 +96,7 @@ class AdoreTrainer(TrainingRun):
             self.rows[qid] = sorted(set(rows.tolist()))
         if not self.rows:
             raise ValueError("positives: no training query")
-        super().__init__(query_encoder, sorted(self.rows), config, output_dir, hooks)
+        super().__init__(query_encoder, sorted(self.rows), config=config, output_dir=output_dir, hooks=hooks)
         self.encoder, self.index, self.queries = query_encoder, index, queries
         self.scale = float(config.score_scale or getattr(query_encoder, "similarity_scale", 1.0))
 

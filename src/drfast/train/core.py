@@ -22,40 +22,48 @@ import torch
 from tqdm.auto import tqdm
 
 from drfast.common.atomic import save_torch_atomic, write_json_atomic
-from drfast.common.checks import check_int
+from drfast.common.checks import check_choice, check_float, check_int
+from drfast.common.dataclass_args import option
+
+
+AMP = ("none", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
-    """Settings every trainer shares; a run saves its config as config.json."""
+    """Settings every trainer shares; a run saves its config as config.json. Each field is also a
+    flag of `drfast adore` and `drfast star` (drfast.common.dataclass_args)."""
 
-    lr: float = 4e-5
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    grad_accum: int = 1               # micro-batches per optimizer step
-    epochs: int = 4
-    max_steps: int = 0                # stop after this many optimizer steps (0: run all epochs)
-    warmup_ratio: float = 0.1         # linear warm-up over this share of the steps, then linear decay
-    max_grad_norm: float = 1.0
-    amp: str = "none"                 # "none", "bf16" (CPU or GPU) or "fp16" (GPU, with loss scaling)
-    gradient_checkpointing: bool = False  # trade compute for memory in Hugging Face encoders
-    seed: int = 0
-    save_every: int = 50              # checkpoint every N optimizer steps (and at the end)
-    eval_every: int = 0               # call the hooks every N optimizer steps (0: never)
-    log_every: int = 1
-    tensorboard: bool = False         # also log to OUTPUT/tensorboard (needs the tensorboard package)
+    lr: float = option(4e-5, "peak learning rate of AdamW")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    batch_size: int = option(32, "training queries per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    epochs: int = option(4, "passes over the training queries")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)")
+    warmup_ratio: float = option(0.1, "linear warm-up over this share of the steps, then linear decay")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this")
+    amp: str = option("none", "autocast: bf16 (CPU or GPU) or fp16 (GPU, with loss scaling)", choices=AMP)
+    gradient_checkpointing: bool = option(False, "trade compute for memory in Hugging Face encoders")
+    score_scale: Optional[float] = option(None, "scores are multiplied by this in the loss (default: the model's "
+                                                "similarity scale, 20 for normalised sentence-transformers models, "
+                                                "else 1)")
+    seed: int = option(0, "seed of every random draw of the run")
+    save_every: int = option(50, "checkpoint every N optimizer steps (and at the end)", metavar="N")
+    log_every: int = option(1, "log every N optimizer steps (and at every hook call)", metavar="N")
+    tensorboard: bool = option(False, "also log to OUTPUT/run/tensorboard (needs the tensorboard package)")
 
     def check(self) -> None:
         for name in ("batch_size", "grad_accum", "epochs", "save_every", "log_every"):
             check_int(getattr(self, name), name, 1)
-        for name in ("max_steps", "eval_every", "seed"):
+        for name in ("max_steps", "seed"):
             check_int(getattr(self, name), name, 0)
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp: expected 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        check_choice(self.amp, "amp", AMP)
+        if self.score_scale is not None:
+            check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -71,22 +79,25 @@ class TrainingRun:
     """Trains `model` (a torch module) on `items` (e.g. query ids), `config.batch_size` at a time.
 
     Subclasses implement `micro_batch(items) -> (loss, info)`; `info` holds floats to log. Keys listed
-    in `summed` are added over a step's micro-batches, the others averaged. `hooks` are called as
-    hook(trainer, step) every `eval_every` steps and may return a dict to log; a run that starts from
-    scratch also calls them once before the first step and logs what they return as step 0
-    ({"step": 0, "epoch": 0, ...}, without "loss"). Hooks should draw no random numbers (encoding in
-    eval mode draws none), so that adding or removing one leaves the trained weights unchanged.
+    in `summed` are added over a step's micro-batches, the others averaged. `hooks` are (every, hook)
+    pairs: hook(trainer, step) is called after every `every`-th optimizer step (every 0: never), the
+    hooks due at a step in the order given, and may return a dict to log with that step's record. A
+    run that starts from scratch also calls each hook once before the first step and logs what they
+    return as step 0 ({"step": 0, "epoch": 0, ...}, without "loss"). Hooks should draw no random
+    numbers (encoding in eval mode draws none), so that adding or removing one leaves the trained
+    weights unchanged.
     """
 
     summed: Tuple[str, ...] = ()
 
-    def __init__(self, model: torch.nn.Module, items: Sequence, config: TrainConfig,
-                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Callable] = ()):
+    def __init__(self, model: torch.nn.Module, items: Sequence, *, config: Optional[TrainConfig] = None,
+                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Tuple[int, Callable]] = ()):
+        config = config or TrainConfig()
         config.check()
         if not items:
             raise ValueError("items: no training example")
         self.model, self.items, self.config = model, list(items), config
-        self.hooks = list(hooks)
+        self.hooks = _check_hooks(hooks)
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.device = next(model.parameters()).device
         if config.gradient_checkpointing:
@@ -163,7 +174,7 @@ class TrainingRun:
             random.seed(c.seed)
             self._write_log()  # the log mirrors the history: no records left from an earlier run here
         self.model.train()
-        if c.eval_every and self.hooks and self.step == 0:
+        if self.step == 0:
             # The starting point of every curve, before any update (a resumed run already has it).
             start = self._run_hooks(0)
             if start:
@@ -187,10 +198,9 @@ class TrainingRun:
             rate = (self.step - first_step) / (time.perf_counter() - started)
             bar.set_postfix(**self.progress(record), steps_s=f"{rate:.2f}")
             bar.update(1)
-            evaluate = c.eval_every and self.step % c.eval_every == 0
-            if evaluate:
-                record.update(self._run_hooks(self.step))
-            if self.step % c.log_every == 0 or evaluate:
+            hooked = self._run_hooks(self.step)
+            record.update(hooked)
+            if self.step % c.log_every == 0 or hooked:
                 self._log(record)
             if self.step % c.save_every == 0 or self.step == self.total_steps:
                 self._save_checkpoint()
@@ -199,9 +209,11 @@ class TrainingRun:
         return self.history
 
     def _run_hooks(self, step: int) -> dict:
+        """What the hooks due at `step` return (all of them at step 0)."""
         out: dict = {}
-        for hook in self.hooks:
-            out.update(hook(self, step) or {})
+        for every, hook in self.hooks:
+            if step % every == 0:
+                out.update(hook(self, step) or {})
         return out
 
     # ---- run files --------------------------------------------------------------------------
@@ -247,21 +259,12 @@ class TrainingRun:
                 f.writelines(json.dumps(r) + "\n" for r in self.history)
 
 
-def periodic_hooks(*schedule: Tuple[int, Callable]) -> Tuple[int, List[Callable]]:
-    """(eval_every, hooks) for hooks with periods of their own, given as (every, hook) pairs (every 0:
-    never): the trainer calls its hooks every gcd of the periods, and each hook acts only on multiples
-    of its own period (step 0 included) and returns nothing on the other calls."""
-    for every, hook in schedule:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"schedule: periods must be integers >= 0, got {every!r}")
-        if not callable(hook):
-            raise TypeError(f"schedule: expected (every, hook) pairs with a callable hook, got {type(hook).__name__}")
-    active = [(every, hook) for every, hook in schedule if every > 0]
-    if not active:
-        return 0, []
-
-    def on_period(every: int, hook: Callable) -> Callable:
-        return lambda trainer, step: hook(trainer, step) if step % every == 0 else None
-
-    period = math.gcd(*(every for every, _ in active))
-    return period, [hook if every == period else on_period(every, hook) for every, hook in active]
+def _check_hooks(hooks: Sequence[Tuple[int, Callable]]) -> List[Tuple[int, Callable]]:
+    """The (every, hook) pairs with every > 0 (0: never)."""
+    active = []
+    for pair in hooks:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
+            raise TypeError(f"hooks: expected (every, hook) pairs with a callable hook, got {pair!r}")
+        if check_int(pair[0], "hooks: every", 0):
+            active.append((pair[0], pair[1]))
+    return active

@@ -14,26 +14,30 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from drfast.common.checks import check_choice, check_float, check_int
+from drfast.common.dataclass_args import option
 from drfast.train.core import TrainConfig, TrainingRun
 from drfast.train.losses import ranknet_loss
 
-METHODS = ("star", "inbatch", "randneg", "static")  # trisampler: star's loss on TriSampler negatives (run_star)
+METHODS = ("star", "inbatch", "randneg", "static")
+PIPELINE_METHODS = METHODS + ("trisampler",)  # trisampler: star's loss on TriSampler negatives (run_star)
 
 
 @dataclass
 class StarConfig(TrainConfig):
-    """STAR / baseline settings on top of the shared ones."""
+    """STAR / baseline settings on top of the shared ones (the trainer takes METHODS; `drfast star`
+    also trisampler)."""
 
-    method: str = "star"               # star | inbatch | randneg | static
-    n_negatives: int = 1               # negatives per row (hard for star/static, uniform for randneg)
-    alpha: Optional[float] = None      # None: one mean over all pairs; else alpha * L_random + L_hard
-    score_scale: Optional[float] = None  # None: the model's similarity scale (20 cosine, else 1)
+    method: str = option("star", "star, a baseline (inbatch, randneg, static), or trisampler: star's loss on "
+                                 "TriSampler negatives", choices=PIPELINE_METHODS)
+    n_negatives: int = option(1, "negatives per query in a batch (hard for star/static, uniform for randneg)")
+    alpha: Optional[float] = option(None, "alpha * L_random + L_hard (default: one mean over all pairs, as the "
+                                          "reference code)")
 
     def check(self) -> None:
         super().check()
@@ -41,8 +45,6 @@ class StarConfig(TrainConfig):
         check_int(self.n_negatives, "n_negatives", 1)
         if self.alpha is not None:
             check_float(self.alpha, "alpha", 0.0)
-        if self.score_scale is not None:
-            check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
 
 
 def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, neg_cols: torch.Tensor,
@@ -70,13 +72,13 @@ def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, 
 
 
 class StarTrainer(TrainingRun):
-    """Trains both towers of `model` (a drfast BiEncoder) on `queries` {qid: text} with `positives`
-    {qid: [doc_id]} and, for star/static, static `negatives` {qid: [doc_id]} (from `drfast.mining` or
-    TriSampler). `corpus` gives document texts (`rows(doc_ids)`, `texts(rows)`, `__len__`)."""
+    """Trains both towers of `model` (a drfast BiEncoder) over `corpus` (document texts: `rows(doc_ids)`,
+    `texts(rows)`, `__len__`) on `queries` {qid: text} with `positives` {qid: [doc_id]} and, for
+    star/static, static `negatives` {qid: [doc_id]} (from `drfast.negatives` mining or TriSampler)."""
 
-    def __init__(self, model, corpus, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
+    def __init__(self, model, corpus, *, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
                  negatives: Optional[Dict[str, Sequence[str]]] = None, config: Optional[StarConfig] = None,
-                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Callable] = ()):
+                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Tuple[int, Callable]] = ()):
         config = config or StarConfig()
         config.check()
         if config.method in ("star", "static") and not negatives:
@@ -95,7 +97,7 @@ class StarTrainer(TrainingRun):
                 if negs.size == 0:
                     raise ValueError(f"negatives: query {qid!r} has no hard negative that is not a positive")
                 self.neg_rows[qid] = np.unique(negs)
-        super().__init__(model, sorted(self.pos_rows), config, output_dir, hooks)
+        super().__init__(model, sorted(self.pos_rows), config=config, output_dir=output_dir, hooks=hooks)
         self.corpus, self.queries = corpus, queries
         self.scale = float(config.score_scale or getattr(model.query_encoder, "similarity_scale", 1.0))
 
