@@ -139,10 +139,76 @@ def test_search_writes_a_trec_run(tiny_setup):
     assert len(run) == 12 and all(len(docs) == 7 for docs in run.values())
 
 
-def test_bad_index_spec_is_a_clear_error(tiny_setup):
-    with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M' or 'opq:M'"):
-        main(["evaluate", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "ivf",
-              "--cache", tiny_setup["cache"], "--output", str(tiny_setup["root"] / "bad")])
+def bad_beir(root):
+    """A copy of the tiny BEIR folder whose queries.jsonl has a broken line."""
+    import shutil
+
+    folder = root / "bad-beir"
+    if not folder.exists():
+        shutil.copytree(root / "beir", folder)
+        with open(folder / "queries.jsonl", "a") as f:
+            f.write("{not json\n")
+    return folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--index", "pq:7"], "--index: 'pq:7': M=7 must divide the model's dimension 32"),
+    (["evaluate", "--index", "ivf"], "--index: expected 'flat', 'pq:M' or 'opq:M'"),
+    (["errors", "--k", "0"], "--k: must be >= 1, got 0"),
+    (["search", "--output", "{file}"], "--output: {file} exists and is not a folder"),
+    (["adore", "--data", "{root}/nowhere"], "--data: {root}/nowhere is not a folder"),
+    (["adore", "--also-evaluate-on", "pq:5"], "--also-evaluate-on: 'pq:5': M=5 must divide"),
+    (["adore", "--k", "400"], "--k: 400 candidates asked but the corpus has only 300 documents"),
+    (["star", "--eval-split", "dev"], "--eval-split: no split 'dev' in"),
+    (["star", "--lr", "0"], "--lr: must be > 0"),
+    (["errors", "--doc-max-length", "9999"], "--doc-max-length: 9999 exceeds the model's max_position_embeddings"),
+    (["index", "--model", "{root}/no-model"], "--model: {root}/no-model is not a model folder"),
+    (["encode", "--encode-batch-size", "0"], "--encode-batch-size: must be >= 1, got 0"),
+    (["mine", "--output", "{root}"], "--output: {root} is a folder; expected a file name"),
+    (["evaluate", "--data", "{root}/bad-beir"], "{root}/bad-beir/queries.jsonl, line 25: expected a JSON object"),
+])
+def test_user_errors_are_one_line_naming_the_flag_before_any_encoding(tiny_setup, tmp_path, capsys, argv, message):
+    root = tiny_setup["root"]
+    bad_beir(root)
+    (tmp_path / "a-file").write_text("")
+    fill = dict(root=root, file=tmp_path / "a-file")
+    cache = tmp_path / "cache"
+    argv = [a.format(**fill) for a in argv]
+    given = {a for a in argv if a.startswith("--")}
+    defaults = {"--data": tiny_setup["data"], "--model": tiny_setup["model"], "--output": str(tmp_path / "out")}
+    argv += [x for f, v in defaults.items() if f not in given and f in flags_of(argv[0]) for x in (f, v)]
+    argv += ["--cache", str(cache)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"drfast {argv[0]}: error: {message.format(**fill)}"), err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not cache.exists() or not any(cache.rglob("*.npy")), "the error came after encoding"
+    with pytest.raises((ValueError, FileNotFoundError, FileExistsError)):  # --debug: the exception itself
+        main(argv + ["--debug"])
+
+
+def test_internal_argument_names_are_written_as_flags():
+    from drfast.cli import with_flag
+
+    commands = subcommands()
+    assert with_flag("m: must be a positive divisor of the dimension 32, got 7", commands["index"]) == \
+        "--index pq:M: must be a positive divisor of the dimension 32, got 7"
+    assert with_flag("index_spec: x", commands["evaluate"]) == "--index: x"
+    assert with_flag("emb: PQ training needs at least 256 rows", commands["adore"]).startswith("--index: ")
+    assert with_flag("name_or_path: could not load", commands["star"]) == "--model: could not load"
+    assert with_flag("query_model: dimension 8", commands["errors"]) == "--query-model: dimension 8"
+    assert with_flag("run_dir: no train_log.jsonl in x", commands["plot"]) == "RUN_DIR: no train_log.jsonl in x"
+    assert with_flag("positives: query 'q' has no text", commands["adore"]) == "positives: query 'q' has no text"
+    assert with_flag("/data/qrels.tsv, line 3: bad", commands["adore"]) == "/data/qrels.tsv, line 3: bad"
+    assert with_flag("index_spec: x", commands["star"]) == "index_spec: x"  # star has no --index
+
+
+def test_the_installed_command_prints_no_traceback(tiny_setup, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "drfast", "evaluate", "--data", tiny_setup["data"], "--model",
+                          tiny_setup["model"], "--index", "pq:7", "--output", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == "drfast evaluate: error: --index: 'pq:7': M=7 must divide the model's dimension 32\n"
 
 
 def test_demo_runs_adore_on_flat_and_pq(tiny_setup, capsys):
@@ -227,6 +293,66 @@ def test_star_command_trains_both_towers(tiny_setup, method):
     metrics = json.loads((ev / "metrics.json").read_text())["metrics"]
     for name, value in report["after"].items():
         assert metrics[name] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_training_output_is_never_mixed_with_an_earlier_run(tiny_setup, tmp_path, capsys, monkeypatch):
+    from drfast.pipelines import adore
+
+    out = tmp_path / "adore"
+    argv = ["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--epochs", "1", "--k", "20",
+            "--cache", tiny_setup["cache"], "--output", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    loaded = []
+    monkeypatch.setattr(adore.BiEncoder, "load", lambda *a, **k: loaded.append(1) or 1 / 0)
+    assert main(argv) == 2  # a rerun without --resume or --overwrite
+    assert capsys.readouterr().err == (f"drfast adore: error: --output: {out / 'run'} holds the checkpoint of an "
+                                       f"earlier run; pass --resume to continue it or --overwrite to start over\n")
+    assert main(argv + ["--resume", "--lr", "1e-3", "--batch-size", "8"]) == 2  # other settings
+    assert capsys.readouterr().err == (f"drfast adore: error: --resume: the run in {out / 'run'} was trained with "
+                                       f"other settings or inputs: batch_size 32 -> 8; lr 4e-05 -> 0.001. Resume "
+                                       f"with the same ones, or pass --overwrite to start over\n")
+    assert main(argv + ["--resume", "--overwrite"]) == 2
+    assert "--overwrite: cannot be combined with --resume" in capsys.readouterr().err
+    assert not loaded, "refused only after loading the model"
+    monkeypatch.undo()
+    assert main(argv + ["--overwrite", "--lr", "1e-3"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 1e-3
+    assert json.loads((out / "run" / "config.json").read_text())["lr"] == 1e-3
+
+
+def test_star_resume_gives_the_uninterrupted_towers(tiny_setup, tmp_path, monkeypatch):
+    import torch
+
+    from drfast.encode.encoders import Encoder
+    from drfast.pipelines import star
+
+    def argv(out):
+        return ["star", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--epochs", "2",
+                "--batch-size", "4", "--save-every", "2", "--cache", tiny_setup["cache"], "--output", str(out)]
+
+    assert main(argv(tmp_path / "full")) == 0  # 6 steps
+
+    class Interrupt(Exception):
+        pass
+
+    class Stopping(star.StarTrainer):
+        def _optimizer_step(self):
+            super()._optimizer_step()
+            if self.step == 5:  # after the checkpoint of step 4
+                raise Interrupt
+
+    monkeypatch.setattr(star, "StarTrainer", Stopping)
+    with pytest.raises(Interrupt):
+        main(argv(tmp_path / "cut"))
+    monkeypatch.undo()
+    assert main(argv(tmp_path / "cut") + ["--resume"]) == 0
+    for role in ("query", "document"):
+        full, cut = (Encoder.load(tmp_path / run / "model" / role, role=role) for run in ("full", "cut"))
+        for (name, a), (_, b) in zip(full.state_dict().items(), cut.state_dict().items()):
+            assert torch.equal(a, b), f"{role}: {name}"
+    log = [json.loads(line) for line in (tmp_path / "cut" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
 
 
 @pytest.mark.parametrize("source", ["model", "bm25"])

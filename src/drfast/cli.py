@@ -4,6 +4,10 @@ Each flag is declared once, as a dataclass field with its help: the pipeline-lev
 below, the training and mining settings in their configs (TrainConfig, AdoreConfig, StarConfig,
 MiningConfig). A command takes the fields it needs (drfast.common.dataclass_args), so a flag means
 the same in every command that has it, and a new config field is a new flag.
+
+User errors (a bad flag value, missing or malformed data, an output that exists) are found before
+any model is loaded or document encoded where possible, and end the command with one line,
+`drfast COMMAND: error: MESSAGE` naming the flag, and exit status 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from drfast.common.atomic import write_json_atomic
+from drfast.common.checks import check_int, check_optional_int
 from drfast.common.dataclass_args import add_arguments, from_args, option
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
@@ -31,6 +36,7 @@ from drfast.pipelines.corpus import corpus_index
 from drfast.pipelines.demo import run_demo
 from drfast.pipelines.errors import run_errors
 from drfast.pipelines.evaluate import evaluate_model
+from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir, check_output_file
 from drfast.pipelines.mine import mine_split
 from drfast.pipelines.star import run_star
 from drfast.search import build_info
@@ -45,7 +51,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     run_demo(args.data, args.model, args.output, pq=args.pq, epochs=args.epochs, seed=args.seed,
-             cache_dir=args.cache, index_seed=args.index_seed)
+             cache_dir=args.cache, index_seed=args.index_seed, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -95,6 +101,8 @@ def _corpus_options(args: argparse.Namespace) -> dict:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    check_beir(args.data)
+    check_model(args.model, **_encoder_options(args))
     encoder = Encoder.load(args.model, role="document", max_length=args.doc_max_length, pooling=args.pooling)
     corpus = Corpus(Path(args.data) / "corpus.jsonl")
     emb, _ = encode_corpus(encoder, corpus, Path(args.cache or DEFAULT_CACHE) / "embeddings", dtype=args.dtype,
@@ -104,9 +112,14 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    check_beir(args.data)
+    dim = check_model(args.model, **_encoder_options(args))
+    check_index_spec(args.index, dim)
+    corpus = Corpus(Path(args.data) / "corpus.jsonl")
+    check_index_spec(args.index, dim, len(corpus))
     timings: dict = {}
     encoders = BiEncoder.load(args.model, **_encoder_options(args))
-    index = corpus_index(args.data, encoders, index_spec=args.index, cache_dir=args.cache, dtype=args.dtype,
+    index = corpus_index(corpus, encoders, index_spec=args.index, cache_dir=args.cache, dtype=args.dtype,
                          encode_batch_size=args.encode_batch_size, index_seed=args.index_seed, timings=timings)
     index.save(args.output)
     print(f"{index!r} saved to {args.output} ({timings})")
@@ -146,7 +159,7 @@ def _adore(args: argparse.Namespace) -> int:
                        eval_split=args.eval_split, config=from_args(AdoreConfig, args), query_model=args.query_model,
                        index_seed=args.index_seed, also_evaluate_on=args.also_evaluate_on,
                        eval_every=args.eval_every, overlap_every=args.overlap_every, device=args.device,
-                       resume=args.resume, **_corpus_options(args))
+                       resume=args.resume, overwrite=args.overwrite, **_corpus_options(args))
     _print_table(f"ADORE on {args.index} ({args.eval_split} split)", {"before": report["before"],
                                                                       "after": report["after"]})
     print(f"query encoder, metrics.json and the run log in {args.output}/")
@@ -156,7 +169,8 @@ def _adore(args: argparse.Namespace) -> int:
 def _star(args: argparse.Namespace) -> int:
     report = run_star(args.data, args.model, args.output, negatives=args.negatives, train_split=args.train_split,
                       eval_split=args.eval_split, config=from_args(StarConfig, args),
-                      overlap_every=args.overlap_every, **_corpus_options(args))
+                      overlap_every=args.overlap_every, resume=args.resume, overwrite=args.overwrite,
+                      **_corpus_options(args))
     _print_table(f"{args.method} ({args.negatives} negatives), {args.eval_split} split",
                  {"before": report["before"], "after": report["after"]})
     print(f"both towers, metrics.json and the run log in {args.output}/")
@@ -169,6 +183,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _mine(args: argparse.Namespace) -> int:
+    check_beir(args.data, split=args.split)
+    if args.source != "bm25":
+        check_model(args.model, **_encoder_options(args))
     data = load_beir(args.data, args.split)
     encoders = None if args.source == "bm25" else BiEncoder.load(args.model, **_encoder_options(args))
     mined = mine_split(data, encoders, source=args.source, config=from_args(MiningConfig, args), cache_dir=args.cache,
@@ -243,7 +260,9 @@ class Options:
                                    "training queries (see drfast plot; star re-encodes the corpus for each)",
                                 metavar="N")
     device: str = option("auto", "auto (a GPU when present, else the CPU), cpu or cuda[:N]")
-    resume: bool = option(False, "continue an interrupted run in OUTPUT")
+    resume: bool = option(False, "continue the interrupted run in OUTPUT; refused when a setting, the model or the "
+                                 "data differ (--save-every, --log-every and --tensorboard may change)")
+    overwrite: bool = option(False, "start over in an OUTPUT that holds an earlier run's checkpoint")
     pq: int = option(48, "sub-vectors of the demo's PQ index", metavar="M")
     docs: int = option(200_000, "rows of the random corpus", metavar="N")
     dim: int = option(768, "dimension of the random vectors", metavar="D")
@@ -252,6 +271,17 @@ class Options:
     seed: int = option(0, "seed of every random draw of the run")
     output: Optional[str] = option(None, "where the results go: a folder (mine: a jsonl file; plot: an image, "
                                          "default RUN_DIR/training.png)", required=True)
+    debug: bool = option(False, "show the full Python traceback of an error")
+
+    def check(self) -> None:
+        """The ranges of the flags (argparse checks their types), before any work."""
+        for name in ("encode_batch_size", "query_batch_size", "k", "pq", "docs", "dim", "batch"):
+            check_int(getattr(self, name), name, 1)
+        for name in ("eval_every", "overlap_every", "seed"):
+            check_int(getattr(self, name), name, 0)
+        check_int(self.index_seed, "index_seed", 0, 2**31 - 1)  # faiss keeps seeds in a C int
+        for name in ("query_max_length", "doc_max_length"):
+            check_optional_int(getattr(self, name), name, 1)
 
 
 INPUTS = ("data", "model", "pooling", "query_max_length", "doc_max_length", "cache", "dtype", "encode_batch_size")
@@ -262,7 +292,7 @@ def _command(sub, name: str, func, text: str, options: Sequence[str] = (), confi
     """A subcommand with the `options` (Options fields, with per-command `defaults`) and, as a group
     of their own, every field of `config`."""
     p = sub.add_parser(name, help=text, description=text)
-    add_arguments(p, Options, options, **defaults)
+    add_arguments(p, Options, tuple(options) + ("debug",), **defaults)
     if config is not None:
         add_arguments(p.add_argument_group(f"settings ({config.__name__})"), config)
     p.set_defaults(func=func)
@@ -277,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
              ("docs", "dim", "batch", "k", "dtype", "seed"), k=200, dtype="float32")
     demo = _command(sub, "demo", _demo, "ADORE on SciFact with all-MiniLM-L6-v2: before/after on flat and PQ "
                                         "(--data defaults to ../shared/data/scifact, else BEIR's download)",
-                    ("data", "model", "output", "pq", "cache", "index_seed"), data=None, model="all-MiniLM-L6-v2",
-                    output="drfast-demo")
+                    ("data", "model", "output", "pq", "cache", "index_seed", "resume", "overwrite"), data=None,
+                    model="all-MiniLM-L6-v2", output="drfast-demo")
     add_arguments(demo, AdoreConfig, ("epochs", "seed"))
     _command(sub, "encode", _encode, "encode a BEIR corpus with a model (cached, resumable)", INPUTS)
     _command(sub, "index", _index, "encode a BEIR corpus and save a flat or PQ index",
@@ -293,10 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
              k=200)
     _command(sub, "adore", _adore, "train the query encoder with ADORE against a fixed flat or PQ index",
              INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "also_evaluate_on",
-                       "eval_every", "overlap_every", "device", "resume", "output"),
+                       "eval_every", "overlap_every", "device", "resume", "overwrite", "output"),
              AdoreConfig)
     _command(sub, "star", _star, "train both towers with STAR or a negative-sampling baseline",
-             INPUTS + ("train_split", "eval_split", "negatives", "overlap_every", "output"), StarConfig)
+             INPUTS + ("train_split", "eval_split", "negatives", "overlap_every", "resume", "overwrite", "output"),
+             StarConfig)
     _command(sub, "mine", _mine, "mine hard negatives (model or BM25) into Tevatron-style jsonl",
              INPUTS + ("query_batch_size", "split", "source", "output"), MiningConfig, split="train")
     plot = _command(sub, "plot", _plot, "draw a training run's loss, MRR@10 and negative overlap over steps",
@@ -306,9 +337,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of bad input: one line naming the flag, exit status 2 (argparse's own errors exit 2 too).
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+FILE_OUTPUTS = ("mine", "plot")  # their --output is a file; every other command's is a folder
+# Argument names of the layers below that are not the flag's own name: name -> (dest, shown as)
+ALIASES = {"data_dir": ("data", "{}"), "name_or_path": ("model", "{}"), "cache_dir": ("cache", "{}"),
+           "output_dir": ("output", "{}"), "index_spec": ("index", "{}"), "spec": ("index", "{}"),
+           "m": ("index", "{} pq:M"), "emb": ("index", "{}")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from_args(Options, args).check()
+        if getattr(args, "output", None):
+            (check_output_file if args.command in FILE_OUTPUTS else check_output_dir)(args.output)
+        return args.func(args)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        print(f"drfast {args.command}: error: {with_flag(str(e), command)}", file=sys.stderr)
+        return 2
+
+
+def with_flag(message: str, command: argparse.ArgumentParser) -> str:
+    """`message` with its leading argument name (`name: ...`) written as the command's flag for it."""
+    name, sep, rest = message.partition(": ")
+    if not sep or not name.isidentifier():  # a path, or a message that already names a flag
+        return message
+    shown = {a.dest: a.option_strings[0] if a.option_strings else a.metavar or a.dest for a in command._actions}
+    dest, form = ALIASES.get(name, (name, "{}"))
+    return f"{form.format(shown[dest])}: {rest}" if dest in shown else message
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -120,10 +119,19 @@ def test_each_hook_runs_on_its_own_period_and_at_step_zero():
 
 def test_a_resumed_run_calls_no_hook_at_step_zero(tmp_path):
     calls = []
-    config = TrainConfig(batch_size=1, epochs=1, save_every=2)
-    CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=config, output_dir=tmp_path).train()
-    CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=dataclasses.replace(config, epochs=2),
-                output_dir=tmp_path, hooks=[(2, lambda tr, s: calls.append(s))]).train(resume=True)
+    config = TrainConfig(batch_size=1, epochs=2, save_every=2)
+
+    def stop_at_5(tr, step):
+        if step == 5:  # the last checkpoint is at step 4
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=config, output_dir=tmp_path,
+                    hooks=[(1, stop_at_5)]).train()
+    torch.manual_seed(0)  # a resumed run starts from the same model
+    CountingRun(torch.nn.Linear(1, 1), list(range(4)), config=config, output_dir=tmp_path,
+                hooks=[(2, lambda tr, s: calls.append(s))]).train(resume=True)
     assert calls == [6, 8]
 
 

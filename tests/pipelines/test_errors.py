@@ -96,13 +96,50 @@ def test_interrupted_run_resumes_from_saved_chunks(tiny, monkeypatch):
     assert report["per_query"] == brute_force_errors(tiny, 200)
 
 
+def test_changed_qrels_do_not_reuse_saved_chunks(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from drfast.data import load_beir
+
+    data = tmp_path / "beir"
+    shutil.copytree(tiny["data"], data)
+    copy = {**tiny, "data": str(data)}
+    out = tmp_path / "out"
+    calls = []
+    real = error_report.exact_positive_ranks
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first run's second chunk
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(error_report, "exact_positive_ranks", counting)
+    with pytest.raises(KeyboardInterrupt):  # the first chunk (queries 0-7) is saved
+        error_report.run_errors(data, tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
+    before = brute_force_errors(copy, 200)
+    # Another positive for the first query (same query ids and texts, same corpus).
+    split = load_beir(data, "test")
+    first = sorted(split.positives)[0]
+    old = split.positives[first][0]
+    new = next(d for d in split.corpus.doc_ids if d not in split.qrels[first])
+    qrels = data / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text().replace(f"{first}\t{old}\t", f"{first}\t{new}\t"))
+    after = brute_force_errors(copy, 200)
+    assert after[first] != before[first]
+    report = error_report.run_errors(data, tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
+    assert len(calls) == 2 + -(-report["summary"]["queries"] // 8)  # every chunk computed again
+    assert report["per_query"] == after
+    assert not list(out.glob(".ranks-*")), "the stale chunks are removed too"
+
+
 def test_plot_of_an_empty_summary(tmp_path):
     path = plot_errors(stats.summarize([], []), tmp_path / "e.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_arguments_fail_before_encoding(tiny):
-    with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M'"):
+    with pytest.raises(ValueError, match="index_spec: expected 'flat', 'pq:M'"):
         error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", index_spec="ivf")
     with pytest.raises(ValueError, match="k: must be >= 1"):
         error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", k=0)

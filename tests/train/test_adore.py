@@ -111,6 +111,28 @@ def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
     assert len(log) == 12
 
 
+def test_resume_refuses_another_index_or_other_positives(rng, tiny_model, tmp_path):
+    index, queries, positives = synthetic_task(rng)
+    config = AdoreConfig(k=20, batch_size=4, epochs=1, save_every=1)
+
+    def trainer(index=index, positives=positives, queries=queries):
+        return AdoreTrainer(Encoder.load(tiny_model, role="query"), index, queries=queries, positives=positives,
+                            config=config, output_dir=tmp_path)
+
+    trainer().train()
+    docs = index.reconstruct(np.arange(index.ntotal)).numpy()
+    docs[40] += 1.0  # one row in the middle; the digest samples every row of a small index
+    other_rows = drfast.FlatIndex(docs, doc_ids=list(index.doc_ids))
+    other_ids = drfast.FlatIndex(docs[::-1].copy(), doc_ids=list(index.doc_ids)[::-1])
+    moved = {**positives, "q3": [f"d{(int(positives['q3'][0][1:]) + 1) % 80}"]}
+    retitled = {**queries, "q3": queries["q3"] + " again"}
+    for kwargs, what in ((dict(index=other_rows), "index"), (dict(index=other_ids), "index"),
+                         (dict(positives=moved), "positives"), (dict(queries=retitled), "queries")):
+        with pytest.raises(ValueError, match=rf"resume: .* other settings or inputs: {what} '[0-9a-f]+' -> "):
+            trainer(**kwargs).train(resume=True)
+    trainer().train(resume=True)  # the same inputs resume (here: a finished run, nothing left to do)
+
+
 def test_bad_configurations_are_clear_errors(rng, tiny_model):
     index, queries, positives = synthetic_task(rng)
     encoder = Encoder.load(tiny_model, role="query")

@@ -93,6 +93,46 @@ def test_tiny_model_training_lowers_the_loss(rng, tmp_path, method):
     assert last < 0.7 * first
 
 
+def star_task(rng, tmp_path, n_docs=40, n_queries=16):
+    model_dir = make_tiny_hf_folder(tmp_path / "m")
+    docs = [" ".join(rng.choice(WORDS, 6)) + f" {chr(97 + i % 26)}" for i in range(n_docs)]
+    queries = {f"q{i}": docs[i][:12] for i in range(n_queries)}
+    positives = {f"q{i}": [f"d{i}"] for i in range(n_queries)}
+    negatives = {f"q{i}": [f"d{(i + 1) % n_docs}", f"d{(i + 20) % n_docs}"] for i in range(n_queries)}
+    return model_dir, ListCorpus(docs), queries, positives, negatives
+
+
+def test_resume_gives_the_uninterrupted_result(rng, tmp_path):
+    model_dir, corpus, queries, positives, negatives = star_task(rng, tmp_path)
+    config = StarConfig(method="star", n_negatives=2, lr=1e-3, batch_size=4, epochs=3, save_every=2, seed=5)
+
+    def trainer(out, hooks=(), negatives=negatives):
+        torch.manual_seed(123)
+        return StarTrainer(BiEncoder.load(model_dir, pooling="mean"), corpus, queries=queries, positives=positives,
+                           negatives=negatives, config=config, output_dir=out, hooks=hooks)
+
+    full = trainer(tmp_path / "full")
+    full.train()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_5(tr, step):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):  # the last checkpoint is at step 4
+        trainer(tmp_path / "cut", [(1, stop_at_5)]).train()
+    with pytest.raises(ValueError, match=r"other settings or inputs: negatives '"):
+        trainer(tmp_path / "cut", negatives={**negatives, "q0": ["d7"]}).train(resume=True)
+    resumed = trainer(tmp_path / "cut")
+    resumed.train(resume=True)
+    assert resumed.step == full.step == 12
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
 def test_bad_configurations(tmp_path):
     with pytest.raises(ValueError, match="method: expected one of"):
         StarConfig(method="bm25").check()

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import os
 import time
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -19,9 +18,11 @@ from drfast.encode.encoders import BiEncoder, save_encoder
 from drfast.eval.overlap import NegativeOverlapHook
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import evaluate
-from drfast.index.spec import build_index, parse_index_spec
+from drfast.index.spec import build_index
 from drfast.pipelines.corpus import corpus_embeddings, corpus_index
+from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
 from drfast.train.adore import AdoreConfig, AdoreTrainer
+from drfast.train.core import check_run_dir
 
 
 # ---- the whole pipeline: what `drfast adore` and `drfast demo` run ------------------------------
@@ -31,7 +32,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
               index_seed: int = 0, also_evaluate_on: Sequence[str] = (), eval_every: int = 0,
               overlap_every: int = 0, static_negatives: Optional[Dict[str, Sequence[str]]] = None,
-              device: str = "auto", resume: bool = False) -> dict:
+              device: str = "auto", resume: bool = False, overwrite: bool = False) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
@@ -43,20 +44,32 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     metrics of the eval split; `overlap_every` logs `static_overlap` and `train_mrr10`
     (drfast.eval.overlap) on a fixed sample of at most 1000 training queries, whose static negatives
     are `static_negatives` {qid: [doc_id]} or, by default, the starting query encoder's top-k (config.k)
-    non-positives of the index."""
-    parse_index_spec(index_spec)
-    for spec in also_evaluate_on:
-        parse_index_spec(spec)
+    non-positives of the index.
+
+    OUTPUT/run holds the training run (config.json, train_log.jsonl, checkpoint.pt): `resume`
+    continues it (refused when settings or inputs differ), `overwrite` starts it over; a run folder
+    with a checkpoint and neither is refused. Every argument is checked before any model is loaded
+    or any document encoded (drfast.pipelines.inputs)."""
     config = config or AdoreConfig()
     config.check()
     check_int(eval_every, "eval_every", 0)
     check_int(overlap_every, "overlap_every", 0)
     if static_negatives is not None and not overlap_every:
         raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
-    output = Path(output)
+    output = check_output_dir(output)
+    check_run_dir(output / "run", config, resume=resume, overwrite=overwrite, name="output")
+    check_beir(data_dir, train_split=train_split, eval_split=eval_split)
+    dim = check_model(model, query_model, **(encoder_options or {}))
+    specs = [("index_spec", index_spec)] + [("also_evaluate_on", spec) for spec in also_evaluate_on]
+    for name, spec in specs:
+        check_index_spec(spec, dim, name=name)
     timings: dict = {}
     t_all = time.perf_counter()
     train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
+    for name, spec in specs:
+        check_index_spec(spec, dim, len(train.corpus), name)
+    if config.k > len(train.corpus):
+        raise ValueError(f"k: {config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))  # the query tower starts from query_model
     index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
                          encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
@@ -99,7 +112,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     trainer = AdoreTrainer(query_encoder, index, queries=train.queries, positives=train.positives, config=config,
                            output_dir=output / "run", hooks=hooks)
     t0 = time.perf_counter()
-    trainer.train(resume=resume)
+    trainer.train(resume=resume, overwrite=overwrite)
     timings["train_s"] = round(time.perf_counter() - t0, 3)
     shares = [r["nonencoder_share"] for r in trainer.history if "nonencoder_share" in r]
     if shares:  # search + gather + loss as a share of the whole step (encoder, backward, optimizer)

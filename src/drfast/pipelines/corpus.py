@@ -25,11 +25,11 @@ def corpus_embeddings(corpus: Corpus | PathLike, encoders: BiEncoder, *, cache_d
                          batch_size=encode_batch_size, show_progress=show_progress)
 
 
-def corpus_index(data_dir: PathLike, encoders: BiEncoder, *, index_spec: str = "flat",
+def corpus_index(data_dir: Corpus | PathLike, encoders: BiEncoder, *, index_spec: str = "flat",
                  cache_dir: Optional[PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
                  index_seed: int = 0, timings: Optional[dict] = None):
-    """The index (`index_spec`: flat, pq:M, opq:M) of a BEIR folder's corpus encoded by the document tower
-    of `encoders`. Records encode_corpus_s and build_index_s in `timings`."""
+    """The index (`index_spec`: flat, pq:M, opq:M) of a BEIR folder's corpus (or a Corpus) encoded by the
+    document tower of `encoders`. Records encode_corpus_s and build_index_s in `timings`."""
     timings = {} if timings is None else timings
     with timed(timings, "encode_corpus_s"):
         emb, doc_ids = corpus_embeddings(data_dir, encoders, cache_dir=cache_dir, dtype=dtype,

@@ -8,6 +8,7 @@ from typing import Optional
 
 from drfast.encode.corpus_cache import DEFAULT_CACHE
 from drfast.pipelines.adore import run_adore
+from drfast.pipelines.inputs import check_index_spec, check_model
 from drfast.train.adore import AdoreConfig
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -44,18 +45,19 @@ def download_beir(name: str, folder: Path) -> Path:
 
 def run_demo(data: Optional[str] = None, model: str = "all-MiniLM-L6-v2", output: str = "drfast-demo", *,
              pq: int = 48, epochs: int = 4, seed: int = 0, cache_dir: Optional[str] = None,
-             index_seed: int = 0) -> dict:
+             index_seed: int = 0, resume: bool = False, overwrite: bool = False) -> dict:
+    spec = f"pq:{pq}"
+    check_index_spec(spec, check_model(model), name="pq")
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     folder = find_scifact(data, cache_dir)
-    spec = f"pq:{pq}"
     config = AdoreConfig(epochs=epochs, seed=seed)
     print(f"data: {folder}\nmodel: {model}\n")
     print("1/2  ADORE against the flat index (also evaluated on the PQ index)")
     flat = run_adore(folder, model, Path(output) / "flat", index_spec="flat", config=config, cache_dir=cache_dir,
-                     index_seed=index_seed, also_evaluate_on=[spec])
+                     index_seed=index_seed, also_evaluate_on=[spec], resume=resume, overwrite=overwrite)
     print(f"2/2  ADORE against the {spec} index (end to end on the compressed index)")
     pqr = run_adore(folder, model, Path(output) / spec.replace(":", ""), index_spec=spec, config=config,
-                    cache_dir=cache_dir, index_seed=index_seed)
+                    cache_dir=cache_dir, index_seed=index_seed, resume=resume, overwrite=overwrite)
     rows = [("flat", "zero-shot", flat["before"]), ("flat", "ADORE trained on flat", flat["after"]),
             (spec, "zero-shot", pqr["before"]),
             (spec, "ADORE trained on flat", flat["other_indexes"][spec]["after"]),

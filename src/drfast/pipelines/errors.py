@@ -28,8 +28,8 @@ from drfast.encode.encoders import BiEncoder
 from drfast.eval import error_stats as stats
 from drfast.eval.error_stats import exact_positive_ranks
 from drfast.eval.plots import plot_errors
-from drfast.index.spec import parse_index_spec
 from drfast.pipelines.corpus import corpus_index
+from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
 
 
 def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, *, split: str = "test",
@@ -41,14 +41,17 @@ def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLik
 
     Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
     chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped."""
-    parse_index_spec(index_spec)  # fail before any encoding
-    check_int(k, "k", 1)
+    check_int(k, "k", 1)  # every argument is checked before any model is loaded
     check_int(query_batch_size, "query_batch_size", 1)
     check_int(chunk_size, "chunk_size", 1)
-    output = Path(output)
+    output = check_output_dir(output)
+    check_beir(data_dir, split=split)
+    dim = check_model(model, query_model, **(encoder_options or {}))
+    check_index_spec(index_spec, dim)
     timings: dict = {}
     t_all = time.perf_counter()
     data = load_beir(data_dir, split)
+    check_index_spec(index_spec, dim, len(data.corpus))
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
     index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
                          encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
@@ -76,7 +79,8 @@ def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLik
     if plot:
         label = f"{Path(query_model or model).name} on {Path(data_dir).name} {split} ({index_spec})"
         plot_errors(summary, output / "errors.png", label)
-    shutil.rmtree(work, ignore_errors=True)
+    for done in output.glob(".ranks-*"):  # this run's chunks, and stale ones of other inputs
+        shutil.rmtree(done, ignore_errors=True)
     return report
 
 

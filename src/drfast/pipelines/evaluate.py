@@ -6,13 +6,14 @@ from typing import Optional, Sequence
 
 import torch
 
+from drfast.common.checks import check_int
 from drfast.common.timing import timed
 from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import DEFAULT_MEASURES, evaluate
-from drfast.index.spec import parse_index_spec
 from drfast.pipelines.corpus import corpus_index
+from drfast.pipelines.inputs import check_beir, check_index_spec, check_model
 
 PathLike = str | os.PathLike
 
@@ -24,9 +25,14 @@ def evaluate_model(data_dir: PathLike, model: str, *, split: str = "test", query
                    measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
     """Metrics of `model` (documents; and queries unless `query_model`) on a BEIR split:
     {"metrics": {...}, "per_query": {...}, "run": {...}, "timings": {...}}."""
-    parse_index_spec(index_spec)  # fail before any encoding
+    check_int(k, "k", 1)  # every argument is checked before any model is loaded
+    check_int(query_batch_size, "query_batch_size", 1)
+    check_beir(data_dir, split=split)
+    dim = check_model(model, query_model, **(encoder_options or {}))
+    check_index_spec(index_spec, dim)
     timings: dict = {}
     data = load_beir(data_dir, split)
+    check_index_spec(index_spec, dim, len(data.corpus))
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
     index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
                          encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)

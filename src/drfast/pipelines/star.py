@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Dict, Optional
 
 from drfast.common.atomic import write_json_atomic
@@ -18,8 +17,10 @@ from drfast.negatives.mining import MiningConfig
 from drfast.negatives.trisampler import TriSamplerConfig
 from drfast.pipelines.corpus import corpus_index
 from drfast.pipelines.evaluate import evaluate_encoders
+from drfast.pipelines.inputs import check_beir, check_model, check_output_dir
 from drfast.pipelines.mine import mine_split
-from drfast.train.star import StarConfig, StarTrainer
+from drfast.train.core import check_run_dir
+from drfast.train.star import PIPELINE_METHODS, StarConfig, StarTrainer
 
 
 # ---- the whole pipeline: what `drfast star` runs ------------------------------------------------
@@ -39,7 +40,8 @@ def static_negatives(data, encoders, *, source: str = "model", method: str = "st
 
 def run_star(data_dir, model: str, output, *, negatives: str = "model", train_split: str = "train",
              eval_split: str = "test", config: Optional[StarConfig] = None, encoder_options: Optional[dict] = None,
-             cache_dir=None, dtype: str = "float16", encode_batch_size: int = 32, overlap_every: int = 0) -> dict:
+             cache_dir=None, dtype: str = "float16", encode_batch_size: int = 32, overlap_every: int = 0,
+             resume: bool = False, overwrite: bool = False) -> dict:
     """Warm-up negatives, evaluation before, STAR (or a baseline, or TriSampler negatives with the
     STAR loss) on both towers, re-encoding of the corpus, evaluation after; writes OUTPUT/model
     (both towers: OUTPUT/model/query and OUTPUT/model/document) and OUTPUT/metrics.json, whose
@@ -49,12 +51,22 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
     `overlap_every` > 0 logs `static_overlap` and `train_mrr10` (drfast.eval.overlap) at step 0 and
     every that many steps, on at most 1000 training queries, against the top-200 of the corpus
     re-encoded with the current document tower (a whole corpus encoding per check). The static
-    negatives are the method's own (star, static, trisampler), else the starting model's top-200."""
+    negatives are the method's own (star, static, trisampler), else the starting model's top-200.
+
+    OUTPUT/run holds the training run: `resume` continues it to the weights of an uninterrupted run
+    (refused when settings or inputs differ), `overwrite` starts it over; a run folder with a
+    checkpoint and neither is refused. Arguments are checked before any model is loaded."""
     config = config or StarConfig()
     method = config.method
+    check_choice(method, "method", PIPELINE_METHODS)
+    train_config = dataclasses.replace(config, method="star" if method == "trisampler" else method)
+    train_config.check()
     check_choice(negatives, "negatives", ("model", "bm25"))
     check_int(overlap_every, "overlap_every", 0)
-    output = Path(output)
+    output = check_output_dir(output)
+    check_run_dir(output / "run", train_config, resume=resume, overwrite=overwrite, name="output")
+    check_beir(data_dir, train_split=train_split, eval_split=eval_split)
+    check_model(model, **(encoder_options or {}))
     timings: dict = {}
     t_all = time.perf_counter()
     train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
@@ -67,7 +79,6 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
     if method in ("star", "static", "trisampler"):
         with timed(timings, "negatives_s"):
             hard = static_negatives(train, model_, source=negatives, method=method, seed=config.seed, **corpus)
-    train_config = dataclasses.replace(config, method="star" if method == "trisampler" else method)
     hooks = []
     if overlap_every:
         depth = 200  # the depth the static negatives are mined from (static_negatives' k)
@@ -84,7 +95,7 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
     trainer = StarTrainer(model_, train.corpus, queries=train.queries, positives=train.positives, negatives=hard,
                           config=train_config, output_dir=output / "run", hooks=hooks)
     with timed(timings, "train_s"):
-        trainer.train()
+        trainer.train(resume=resume, overwrite=overwrite)
     keys["after"] = corpus_cache_key(model_.doc_encoder, test.corpus, dtype)  # the trained document tower's
     with timed(timings, "evaluate_after_s"):
         after = evaluate_encoders(data_dir, test, model_, **corpus)

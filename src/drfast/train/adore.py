@@ -18,7 +18,7 @@ from drfast.common.checks import check_choice, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
 from drfast.search.rank_metrics import mean_mrr
-from drfast.train.core import TrainConfig, TrainingRun
+from drfast.train.core import TrainConfig, TrainingRun, digest, sample_rows
 from drfast.train.losses import adore_loss
 
 
@@ -99,6 +99,15 @@ class AdoreTrainer(TrainingRun):
         super().__init__(query_encoder, sorted(self.rows), config=config, output_dir=output_dir, hooks=hooks)
         self.encoder, self.index, self.queries = query_encoder, index, queries
         self.scale = float(config.score_scale or getattr(query_encoder, "similarity_scale", 1.0))
+
+    def identity(self) -> Dict[str, str]:
+        """The shared identity, the query texts and positive rows, and the index: its kind, size,
+        and a digest of the vectors and ids of up to 1024 evenly spaced rows (cheap at any size)."""
+        rows = sample_rows(self.index.ntotal)
+        index = [type(self.index).__name__, self.index.ntotal, self.index.dim, self.index.doc_ids.take(rows),
+                 digest(self.index.reconstruct(rows))]
+        return {**super().identity(), "queries": digest([self.queries[q] for q in self.items]),
+                "positives": digest([self.rows[q] for q in self.items]), "index": digest(index)}
 
     def micro_batch(self, qids: Sequence[str]):
         with self.autocast():

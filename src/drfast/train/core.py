@@ -4,10 +4,19 @@ AdamW with linear warm-up and decay, gradient clipping, gradient accumulation, a
 a fixed list of training items in a seeded order, hooks, a JSONL log (TensorBoard optional) and an
 atomic checkpoint from which `train(resume=True)` continues to the result of an uninterrupted run.
 A trainer subclasses `TrainingRun` and implements `micro_batch(items) -> (loss, info)`.
+
+A run folder holds config.json, train_log.jsonl and checkpoint.pt. `train()` refuses a folder that
+holds a checkpoint unless told to continue it (`resume=True`, `--resume`) or to start over
+(`overwrite=True`, `--overwrite`). Resuming compares the checkpoint's settings and inputs with the
+current ones (`check_resumable`): every TrainConfig field but those in `RESUME_MAY_CHANGE`, and the
+run's `identity()` (the starting model's weights and encoder settings, the training data, the index
+or corpus), and refuses any difference, so a checkpoint never continues under settings it was not
+trained with.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -21,18 +30,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from drfast.common.atomic import save_torch_atomic, write_json_atomic
-from drfast.common.checks import check_choice, check_float, check_int
+from drfast.common.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
+from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
+from drfast.encode.corpus_cache import _weights_digest
+from drfast.encode.encoders import Encoder
 
 
 AMP = ("none", "bf16", "fp16")
+# Settings a resumed run may change: they decide what is logged and saved, never the trained weights.
+RESUME_MAY_CHANGE = ("save_every", "log_every", "tensorboard")
+CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "train_log.jsonl"
 
 
 @dataclass
 class TrainConfig:
-    """Settings every trainer shares; a run saves its config as config.json. Each field is also a
-    flag of `drfast adore` and `drfast star` (drfast.common.dataclass_args)."""
+    """Settings every trainer shares; a run saves its config as config.json (and in its checkpoint).
+    Each field is also a flag of `drfast adore` and `drfast star` (drfast.common.dataclass_args). A
+    resumed run must keep every field but those in RESUME_MAY_CHANGE."""
 
     lr: float = option(4e-5, "peak learning rate of AdamW")
     weight_decay: float = option(0.01, "AdamW weight decay")
@@ -120,6 +135,7 @@ class TrainingRun:
         self.step = 0          # optimizer steps done
         self.micro = 0         # micro-batches done (position in the data order)
         self.history: List[dict] = []
+        self._identity: Dict[str, str] = {}  # identity() of the starting point, set by train()
 
     def micro_batch(self, items: Sequence) -> Tuple[torch.Tensor, Dict[str, float]]:
         raise NotImplementedError
@@ -162,13 +178,30 @@ class TrainingRun:
         """What the progress bar shows; subclasses add their own statistics."""
         return {"loss": f"{record['loss']:.4f}"}
 
-    def train(self, resume: bool = False) -> List[dict]:
+    def identity(self) -> Dict[str, str]:
+        """Digests of what the trained weights depend on besides the config: the starting model
+        (weights and encoder settings) and the training items. Trainers add their data (query texts,
+        positives, the index or corpus). Saved in every checkpoint and compared on resume."""
+        return {"model": model_digest(self.model), "items": digest(self.items)}
+
+    def train(self, resume: bool = False, overwrite: bool = False) -> List[dict]:
+        """Runs to `total_steps` and returns the history. With an output_dir that holds a checkpoint,
+        `resume=True` continues it (refused when settings or inputs differ, see `check_resumable`)
+        and `overwrite=True` starts over; with neither, FileExistsError."""
         c = self.config
+        resuming = check_run_dir(self.output_dir, c, resume=resume, overwrite=overwrite)
         if self.output_dir is not None:
+            self._identity = self.identity()  # of the starting point, before any step
+            if resuming:
+                state = self._read_checkpoint()
+                check_resumable(self.output_dir, {**state["config"], **state["identity"]},
+                                {**dataclasses.asdict(c), **self._identity})
+            else:  # overwrite: an earlier run's checkpoint goes now, not at this run's first save
+                (self.output_dir / CHECKPOINT).unlink(missing_ok=True)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.output_dir / "config.json", dataclasses.asdict(c))
-        if resume and self.output_dir is not None and (self.output_dir / "checkpoint.pt").exists():
-            self._load_checkpoint()
+            write_json_atomic(self.output_dir / CONFIG, dataclasses.asdict(c))
+        if resuming:
+            self._restore(state)
         else:
             torch.manual_seed(c.seed)
             random.seed(c.seed)
@@ -224,7 +257,7 @@ class TrainingRun:
                 if name != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(name, value, record["step"])
         if self.output_dir is not None:
-            with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
+            with open(self.output_dir / LOG, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def _save_checkpoint(self) -> None:
@@ -232,15 +265,28 @@ class TrainingRun:
             return
         state = {
             "step": self.step, "micro": self.micro, "history": self.history,
+            "config": dataclasses.asdict(self.config), "identity": self._identity,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
-        save_torch_atomic(self.output_dir / "checkpoint.pt", state)
+        save_torch_atomic(self.output_dir / CHECKPOINT, state)
 
-    def _load_checkpoint(self) -> None:
-        state = torch.load(self.output_dir / "checkpoint.pt", weights_only=False)
+    def _read_checkpoint(self) -> dict:
+        path = self.output_dir / CHECKPOINT
+        advice = "delete it, or pass --overwrite to start the run over"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated, not a torch file, unpickling errors: all say "unreadable"
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); {advice}") from e
+        missing = [key for key in _STATE_KEYS if key not in state] if isinstance(state, dict) else ["a dict"]
+        if missing:
+            raise ValueError(f"{path}: not a drfast checkpoint of this version (it lacks {', '.join(missing)}); "
+                             f"{advice}")
+        return state
+
+    def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -251,12 +297,95 @@ class TrainingRun:
         random.setstate(state["rng"]["python"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._write_log()  # the records up to the checkpoint (later ones are redone)
+        self._write_log()  # the records up to the checkpoint (later ones are redone); repairs a damaged log
 
     def _write_log(self) -> None:
         if self.output_dir is not None:
-            with open(self.output_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.history)
+            write_text_atomic(self.output_dir / LOG, "".join(json.dumps(r) + "\n" for r in self.history))
+
+
+_STATE_KEYS = ("step", "micro", "history", "config", "identity", "model", "optimizer", "scheduler", "scaler", "rng")
+
+
+# ---- run folders: refuse to mix runs ------------------------------------------------------------
+def check_run_dir(run_dir: Optional[str | os.PathLike], config: TrainConfig, *, resume: bool = False,
+                  overwrite: bool = False, name: str = "output_dir") -> bool:
+    """Whether `run_dir` holds a checkpoint to resume; cheap, so pipelines call it before any work.
+
+    FileExistsError when `run_dir` is a file, or holds a checkpoint and neither `resume` nor
+    `overwrite` is set. On resume, ValueError when `config` differs from the run's config.json in a
+    field that changes the result (the checkpoint's own copy and the inputs are compared by
+    `TrainingRun.train`). Errors start with `name` (the caller's argument for the folder)."""
+    check_bool(resume, "resume")
+    check_bool(overwrite, "overwrite")
+    if resume and overwrite:
+        raise ValueError("overwrite: cannot be combined with --resume (continue the run or start it over)")
+    if run_dir is None:
+        return False
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{name}: {run_dir} exists and is not a folder")
+    if overwrite or not (run_dir / CHECKPOINT).exists():
+        return False
+    if not resume:
+        raise FileExistsError(f"{name}: {run_dir} holds the checkpoint of an earlier run; pass --resume to continue "
+                              f"it or --overwrite to start over")
+    if (run_dir / CONFIG).exists():
+        check_resumable(run_dir, _read_config(run_dir / CONFIG), dataclasses.asdict(config))
+    return True
+
+
+def check_resumable(run_dir: Path, saved: dict, current: dict) -> None:
+    """ValueError naming each entry (setting or input digest) where `current` differs from `saved`
+    (old -> new), but for the settings in RESUME_MAY_CHANGE."""
+    saved, current = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(current, default=str))
+    differ = [f"{key} {saved.get(key, '(none)')!r} -> {current.get(key, '(none)')!r}"
+              for key in sorted(set(saved) | set(current))
+              if key not in RESUME_MAY_CHANGE and saved.get(key) != current.get(key)]
+    if differ:
+        raise ValueError(f"resume: the run in {run_dir} was trained with other settings or inputs: "
+                         f"{'; '.join(differ)}. Resume with the same ones, or pass --overwrite to start over")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        config = e
+    if not isinstance(config, dict):
+        reason = f" ({config})" if isinstance(config, Exception) else ""
+        raise ValueError(f"{path}: not a readable run config{reason}; delete it (the checkpoint holds the settings "
+                         f"too), or pass --overwrite to start the run over")
+    return config
+
+
+# ---- identities: digests of what a run depends on -----------------------------------------------
+def digest(*parts) -> str:
+    """16 hex digits of a sha256 over `parts`: arrays and tensors by dtype, shape and bytes, anything
+    else as JSON."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().numpy()
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype}{part.shape}".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """The weights, and the settings of every drfast Encoder in `model` (pooling, normalisation, max length)."""
+    settings = [[name, m.pooling, m.normalize, m.max_length, m.do_lower_case]
+                for name, m in model.named_modules() if isinstance(m, Encoder)]
+    return digest(_weights_digest(model), settings)
+
+
+def sample_rows(n: int, count: int = 1024) -> np.ndarray:
+    """Up to `count` evenly spaced rows of [0, n): what a content digest of a large collection reads."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.int64))
 
 
 def _check_hooks(hooks: Sequence[Tuple[int, Callable]]) -> List[Tuple[int, Callable]]:

@@ -21,7 +21,7 @@ import torch
 
 from drfast.common.checks import check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
-from drfast.train.core import TrainConfig, TrainingRun
+from drfast.train.core import TrainConfig, TrainingRun, digest, sample_rows
 from drfast.train.losses import ranknet_loss
 
 METHODS = ("star", "inbatch", "randneg", "static")
@@ -100,6 +100,16 @@ class StarTrainer(TrainingRun):
         super().__init__(model, sorted(self.pos_rows), config=config, output_dir=output_dir, hooks=hooks)
         self.corpus, self.queries = corpus, queries
         self.scale = float(config.score_scale or getattr(model.query_encoder, "similarity_scale", 1.0))
+
+    def identity(self) -> Dict[str, str]:
+        """The shared identity, the query texts, positive and negative rows, and the corpus: its size
+        and the ids and texts of up to 1024 evenly spaced rows."""
+        rows = sample_rows(len(self.corpus))
+        corpus = [len(self.corpus), [str(self.corpus.doc_ids[int(r)]) for r in rows], self.corpus.texts(rows)]
+        return {**super().identity(), "queries": digest([self.queries[q] for q in self.items]),
+                "positives": digest([self.pos_rows[q].tolist() for q in self.items]),
+                "negatives": digest([self.neg_rows[q].tolist() if q in self.neg_rows else None for q in self.items]),
+                "corpus": digest(corpus)}
 
     def _sample(self, qids: Sequence[str]):
         """One positive and n negatives per query, drawn from a generator seeded by the position in
