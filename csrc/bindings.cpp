@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/kernels.h"
+#include "cpu/first_pass_kernels.h"
+#include "cpu/two_stage.h"
 #ifdef DRFAST_WITH_CUDA
 #include "cuda/flat_search_cuda.h"
 #include "cuda/pq_search_cuda.h"
@@ -132,6 +135,100 @@ void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_off
                     luts.shape(1), out);
 }
 
+// The exact two-stage search (cpu/two_stage.h): the flat search's arguments, then the first pass
+// (kind 0 int8 / 1 bf16; query codes [B, dp], qparams float32 [B, 3] = c, alpha, beta; row codes
+// [N, dp], row stats float32 [3, N] = a, e, m; row code sums int32 [N] (int8) or [0]), the optional
+// int8 refinement (None, or q2codes [B, dp], q2params [B, 4] = c2, beta1, beta2, w2, rcodes [N, dp],
+// rstats2 [4, N] = a2, e2, m2, n2, rsums2 [N]) and work counters int64 [B, 3] and [nnz, 2].
+void two_stage_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
+                          int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
+                          py::object pair_weights, int kind, py::array qcodes, py::array qparams, py::array codes,
+                          py::array rstats, py::array rsums, py::object refine, py::array work_q, py::array work_p) {
+  check_array(queries, "queries", 'f', 4, 2);
+  check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
+  SearchInput in;
+  in.queries = static_cast<const float*>(queries.data());
+  in.B = queries.shape(0);
+  in.d = queries.shape(1);
+  in.docs = docs.data();
+  in.N = docs.shape(0);
+  in.docs_fp16 = docs.itemsize() == 2;
+  in.k = k;
+  in.cutoff = cutoff;
+  DRFAST_CHECK(docs.shape(1) == in.d, "docs: dimension differs from queries");
+  SearchOutput out;
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
+  DRFAST_CHECK(kind == drfast::kFpKindInt8 || kind == drfast::kFpKindBf16, "kind: expected 0 (int8) or 1 (bf16)");
+  const bool int8 = kind == drfast::kFpKindInt8;
+  const int64_t esize = int8 ? 1 : 2, dp = (in.d * esize + drfast::kFpAlign - 1) / drfast::kFpAlign * drfast::kFpAlign / esize;
+  DRFAST_CHECK(!int8 || in.d <= 65536, "int8 first pass: d must be <= 65536 (int32 sums)");
+  check_array(qcodes, "qcodes", 'u', static_cast<int>(esize), 2);
+  check_array(codes, "codes", int8 ? 'i' : 'u', static_cast<int>(esize), 2);
+  check_array(qparams, "qparams", 'f', 4, 2);
+  check_array(rstats, "rstats", 'f', 4, 2);
+  check_array(rsums, "rsums", 'i', 4, 1);
+  check_array(work_q, "work_q", 'i', 8, 2);
+  check_array(work_p, "work_p", 'i', 8, 2);
+  DRFAST_CHECK(qcodes.shape(0) == in.B && qcodes.shape(1) == dp, "qcodes: expected shape [B, dp]");
+  DRFAST_CHECK(codes.shape(0) == in.N && codes.shape(1) == dp, "codes: expected shape [N, dp]");
+  DRFAST_CHECK(qparams.shape(0) == in.B && qparams.shape(1) == 3, "qparams: expected shape [B, 3]");
+  DRFAST_CHECK(rstats.shape(0) == 3 && rstats.shape(1) == in.N, "rstats: expected shape [3, N]");
+  DRFAST_CHECK(rsums.shape(0) == (int8 ? in.N : 0) || rsums.shape(0) == in.N, "rsums: expected shape [N]");
+  DRFAST_CHECK(!int8 || rsums.shape(0) == in.N, "rsums: expected shape [N]");
+  const int64_t nnz = pos_ids.shape(0);
+  DRFAST_CHECK(work_q.shape(0) == in.B && work_q.shape(1) == 3, "work_q: expected shape [B, 3]");
+  DRFAST_CHECK(work_p.shape(0) == nnz && work_p.shape(1) == 2, "work_p: expected shape [nnz, 2]");
+  // Transposed query parameters: one contiguous array per field.
+  std::vector<float> qp(static_cast<size_t>(in.B) * 7);
+  const float* qpp = static_cast<const float*>(qparams.data());
+  for (int64_t b = 0; b < in.B; ++b)
+    for (int j = 0; j < 3; ++j) qp[j * in.B + b] = qpp[b * 3 + j];
+  const float* rs = static_cast<const float*>(rstats.data());
+  drfast::FirstPassView fp{kind, in.B, dp, qcodes.data(), qp.data(), qp.data() + in.B, qp.data() + 2 * in.B,
+                           codes.data(), rs, int8 ? static_cast<const int32_t*>(rsums.data()) : nullptr,
+                           rs + in.N, rs + 2 * in.N};
+  drfast::RefineView rv;
+  py::array q2codes, q2params, rcodes, rstats2, rsums2;  // kept alive until the kernel returns
+  if (!refine.is_none()) {
+    DRFAST_CHECK(int8, "refine: only the int8 first pass has a refinement");
+    py::tuple t = refine.cast<py::tuple>();
+    DRFAST_CHECK(t.size() == 5, "refine: expected (q2codes, q2params, rcodes, rstats2, rsums2)");
+    q2codes = t[0].cast<py::array>();
+    q2params = t[1].cast<py::array>();
+    rcodes = t[2].cast<py::array>();
+    rstats2 = t[3].cast<py::array>();
+    rsums2 = t[4].cast<py::array>();
+    check_array(q2codes, "q2codes", 'u', 1, 2);
+    check_array(q2params, "q2params", 'f', 4, 2);
+    check_array(rcodes, "rcodes", 'i', 1, 2);
+    check_array(rstats2, "rstats2", 'f', 4, 2);
+    check_array(rsums2, "rsums2", 'i', 4, 1);
+    DRFAST_CHECK(q2codes.shape(0) == in.B && q2codes.shape(1) == dp, "q2codes: expected shape [B, dp]");
+    DRFAST_CHECK(q2params.shape(0) == in.B && q2params.shape(1) == 4, "q2params: expected shape [B, 4]");
+    DRFAST_CHECK(rcodes.shape(0) == in.N && rcodes.shape(1) == dp, "rcodes: expected shape [N, dp]");
+    DRFAST_CHECK(rstats2.shape(0) == 4 && rstats2.shape(1) == in.N, "rstats2: expected shape [4, N]");
+    DRFAST_CHECK(rsums2.shape(0) == in.N, "rsums2: expected shape [N]");
+    const float* q2 = static_cast<const float*>(q2params.data());
+    for (int64_t b = 0; b < in.B; ++b)
+      for (int j = 0; j < 4; ++j) qp[(3 + j) * in.B + b] = q2[b * 4 + j];
+    const float* r2 = static_cast<const float*>(rstats2.data());
+    rv.rcodes = static_cast<const int8_t*>(rcodes.data());
+    rv.rscale = r2;
+    rv.rerr = r2 + in.N;
+    rv.rnorm = r2 + 2 * in.N;
+    rv.rresnorm = r2 + 3 * in.N;
+    rv.rsum = static_cast<const int32_t*>(rsums2.data());
+    rv.q2codes = static_cast<const uint8_t*>(q2codes.data());
+    rv.qscale2 = qp.data() + 3 * in.B;
+    rv.beta1 = qp.data() + 4 * in.B;
+    rv.beta2 = qp.data() + 5 * in.B;
+    rv.w2 = qp.data() + 6 * in.B;
+  }
+  drfast::TwoStageStats st{mutable_data<int64_t>(work_q, "work_q"), mutable_data<int64_t>(work_p, "work_p")};
+  py::gil_scoped_release release;
+  drfast::two_stage_search(in, fp, rv, out, st);
+}
+
 #ifdef DRFAST_WITH_CUDA
 SearchOutput device_outputs(uintptr_t ids, uintptr_t scores, uintptr_t pos_scores, uintptr_t pos_ranks,
                             uintptr_t pair_weights) {
@@ -196,6 +293,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("luts"), py::arg("codes"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
         py::arg("pair_weights") = py::none());
+  m.def("two_stage_search", &two_stage_search_cpu,
+        "Exact two-stage flat search on the CPU: low-precision first pass with proven bounds, exact rescoring",
+        py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
+        py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
+        py::arg("pair_weights"), py::arg("kind"), py::arg("qcodes"), py::arg("qparams"), py::arg("codes"),
+        py::arg("rstats"), py::arg("rsums"), py::arg("refine"), py::arg("work_q"), py::arg("work_p"));
+  m.def("first_pass_kernels", []() { return std::string(drfast::active_first_pass().name); });
+  m.def("fast_first_pass_kinds", []() { return std::string(drfast::fast_first_pass_kinds()); });
   m.def("simd_level", []() { return std::string(drfast::simd_level()); });
   m.def("set_simd_level", &drfast::set_simd_level, py::arg("level"));
   m.def("supported_simd_levels", &drfast::supported_simd_levels);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/kernels.h"
+#include "cpu/first_pass_kernels.h"
 #include "cpu/isa_kernels.h"
 
 namespace drfast {
@@ -55,6 +56,38 @@ std::string supported_simd_levels() {
   for (const char* l : {"avx512", "avx2", "generic"})
     if (cpu_has(l)) s += s.empty() ? l : std::string(",") + l;
   return s;
+}
+
+// The two-stage search's first pass (cpu/first_pass_kernels.h): VNNI (and BF16) tables only at the
+// avx512 level, so forcing a lower level also gives portable first-pass kernels.
+namespace {
+bool cpu_has_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return cpu_has("avx512") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+bool cpu_has_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  return cpu_has_vnni() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+const bool g_has_vnni = cpu_has_vnni();
+const bool g_has_bf16 = cpu_has_bf16();
+}  // namespace
+
+const FirstPassKernels& active_first_pass() {
+  if (g_isa != &kIsaAvx512 || !g_has_vnni) return kFpGeneric;
+  return g_has_bf16 ? kFpAvx512Bf16 : kFpAvx512Vnni;
+}
+
+const char* fast_first_pass_kinds() {
+  if (g_isa != &kIsaAvx512 || !g_has_vnni) return "";
+  return g_has_bf16 ? "int8,bf16" : "int8";
 }
 
 int num_threads() { return g_threads; }

@@ -95,6 +95,30 @@ inline void write_pair_weights(const SearchInput& in, const SearchOutput& out, i
   }
 }
 
+// Every buffer the parallel regions use, allocated before them: std::bad_alloc thrown inside an
+// OpenMP region terminates the process, while here it reaches Python as MemoryError.
+template <class Scorer>
+struct ScanBuffers {
+  ScanBuffers(const Scorer& scorer, int T, int64_t B, int64_t nnz, int64_t nb_max, int64_t keep, int64_t cap)
+      : scores(static_cast<size_t>(T) * B * nb_max),
+        selected(static_cast<size_t>(T) * nb_max),
+        candidates(static_cast<size_t>(B) * T * cap),
+        counts(static_cast<size_t>(T) * nnz, 0) {
+    scratch.reserve(T);
+    for (int t = 0; t < T; ++t) scratch.push_back(scorer.make_scratch());
+    topk.reserve(static_cast<size_t>(T) * B);
+    for (int t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b)
+        topk.emplace_back(candidates.data() + (static_cast<size_t>(b) * T + t) * cap, keep, cap);
+  }
+  std::vector<typename Scorer::Scratch> scratch;  // [T]
+  std::vector<float> scores;                      // [T][B * nb_max] scores of one block
+  std::vector<int32_t> selected;                  // [T][nb_max]
+  std::vector<Candidate> candidates;              // [B][T][cap]: query b's candidates from thread t
+  std::vector<TopKBuffer> topk;                   // [T][B]: thread t's buffer of query b
+  std::vector<int64_t> counts;                    // [T][nnz] rows ranking before each positive
+};
+
 template <class Scorer>
 void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& scorer, const IsaKernels& isa,
                 int threads) {
@@ -103,14 +127,16 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
   const int64_t nb_max = scorer.block_rows();
   const int64_t nblocks = (N + nb_max - 1) / nb_max;
   const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, nblocks)));
+  const int64_t cap = 2 * kept + nb_max;
+  std::vector<int64_t> pos_query(nnz);
+  ScanBuffers<Scorer> buf(scorer, T, B, nnz, nb_max, kept, cap);
 
   // 1. Positive scores first: the scan compares every row against them.
-  std::vector<int64_t> pos_query(nnz);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query[i] = b;
 #pragma omp parallel num_threads(T)
   {
-    auto scratch = scorer.make_scratch();
+    auto& scratch = buf.scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nnz; ++i)
       out.pos_scores[i] = scorer.score_pair(scratch, pos_query[i], in.pos_ids[i]);
@@ -118,48 +144,42 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
 
   // 2. One pass over the rows; each thread keeps its own candidates and counts.
   // Within a thread blocks come in ascending row order (TopKBuffer relies on it).
-  const int64_t cap = 2 * kept + nb_max;
-  std::vector<Candidate> cand_storage(static_cast<size_t>(T) * B * cap);
-  std::vector<int64_t> cand_sizes(static_cast<size_t>(T) * B, 0);
-  std::vector<int64_t> counts(static_cast<size_t>(T) * nnz, 0);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num();
-    auto scratch = scorer.make_scratch();
-    std::vector<float> scores(static_cast<size_t>(B) * nb_max);
-    std::vector<int32_t> selected(nb_max);
-    std::vector<TopKBuffer> topk;
-    topk.reserve(B);
-    for (int64_t b = 0; b < B; ++b)
-      topk.emplace_back(cand_storage.data() + (static_cast<size_t>(t) * B + b) * cap, kept, cap);
-    int64_t* my_counts = counts.data() + static_cast<size_t>(t) * nnz;
+    auto& scratch = buf.scratch[t];
+    float* scores = buf.scores.data() + static_cast<size_t>(t) * B * nb_max;
+    int32_t* selected = buf.selected.data() + static_cast<size_t>(t) * nb_max;
+    int64_t* my_counts = buf.counts.data() + static_cast<size_t>(t) * nnz;
+    TopKBuffer* my_topk = buf.topk.data() + static_cast<size_t>(t) * B;
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       const int64_t r0 = blk * nb_max, nb = std::min(nb_max, N - r0);
-      scorer.score_block(scratch, r0, nb, scores.data(), nb_max);
+      scorer.score_block(scratch, r0, nb, scores, nb_max);
       for (int64_t b = 0; b < B; ++b) {
-        const float* s = scores.data() + b * nb_max;
+        const float* s = scores + b * nb_max;
         const float best = isa.max_of(s, nb);
         for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i)
           if (best >= out.pos_scores[i])  // else no row of the block ranks before this positive
             my_counts[i] += isa.count_ranked_before(s, nb, r0, out.pos_scores[i], in.pos_ids[i]);
-        if (best > topk[b].threshold()) topk[b].offer(isa, s, nb, r0, selected.data());
+        if (best > my_topk[b].threshold()) my_topk[b].offer(isa, s, nb, r0, selected);
       }
     }
-    for (int64_t b = 0; b < B; ++b) cand_sizes[static_cast<size_t>(t) * B + b] = topk[b].size();
   }
 
-  // 3. Merge the per-thread candidates and write the ordered top-k, padded past N.
+  // 3. Gather each query's candidates from the T threads (in place), write the ordered top-k, padded past N.
 #pragma omp parallel for schedule(static) num_threads(T)
   for (int64_t b = 0; b < B; ++b) {
-    std::vector<Candidate> all;
-    for (int t = 0; t < T; ++t) {
-      const Candidate* c = cand_storage.data() + (static_cast<size_t>(t) * B + b) * cap;
-      all.insert(all.end(), c, c + cand_sizes[static_cast<size_t>(t) * B + b]);
+    Candidate* all = buf.candidates.data() + static_cast<size_t>(b) * T * cap;
+    int64_t size = 0;
+    for (int t = 0; t < T; ++t) {  // thread t's candidates move left, next to those gathered so far
+      const TopKBuffer& topk = buf.topk[static_cast<size_t>(t) * B + b];
+      if (topk.begin() != all + size) std::copy(topk.begin(), topk.end(), all + size);
+      size += topk.size();
     }
-    const int64_t n = std::min<int64_t>(kept, static_cast<int64_t>(all.size()));
-    std::partial_sort(all.begin(), all.begin() + n, all.end(), ranks_before);
+    const int64_t n = std::min(kept, size);
+    std::partial_sort(all, all + n, all + size, ranks_before);
     for (int64_t j = 0; j < k; ++j) {
       out.ids[b * k + j] = j < n ? all[j].row : -1;
       out.scores[b * k + j] = j < n ? all[j].score : -std::numeric_limits<float>::infinity();
@@ -168,7 +188,7 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
 
   for (int64_t i = 0; i < nnz; ++i) {
     int64_t c = 1;
-    for (int t = 0; t < T; ++t) c += counts[static_cast<size_t>(t) * nnz + i];
+    for (int t = 0; t < T; ++t) c += buf.counts[static_cast<size_t>(t) * nnz + i];
     out.pos_ranks[i] = c;
   }
   if (in.cutoff > 0) write_pair_weights(in, out, T);

@@ -178,3 +178,21 @@ def test_numpy_integer_m_and_list_codes():
         drfast.PQIndex(idx.centroids, idx.codes.tolist())
     with pytest.raises(ValueError, match="centroids: contains NaN"):
         drfast.PQIndex(torch.full((2, 256, 4), float("nan")), idx.codes)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_codes_and_centroids_changed_after_construction_are_checked(rng, backend):
+    # Training may replace codes or update centroids in place; a search never reads them blindly.
+    centroids, codes, queries = integer_pq(rng, 300, 3, 2, 4)
+    idx = drfast.PQIndex(centroids, codes)
+    idx.codes = codes.astype(np.int64) + 200  # values past 255 would index past the lookup tables
+    with pytest.raises(TypeError, match=r"^index.codes: expected dtype uint8 \(8-bit codes 0..255\), got int64"):
+        idx.search(queries, k=5, backend=backend)
+    idx.codes = codes[:, :2].copy()  # m no longer the centroids'
+    with pytest.raises(ValueError, match=r"^index.codes: expected shape \[N >= 1, m=3\]"):
+        idx.search(queries, k=5, backend=backend)
+    idx.codes = codes
+    with torch.no_grad():
+        idx.centroids[0, int(codes[0, 0]), 0] = float("nan")  # row 0 would silently drop out of the top-k
+    with pytest.raises(ValueError, match="^index.centroids: the lookup tables"):
+        idx.search(queries, k=5, backend=backend)

@@ -179,3 +179,94 @@ def test_property_valid_inputs_match_reference_and_bad_inputs_raise(case):
         queries = queries[0]
     with pytest.raises((ValueError, TypeError)):
         idx.search(queries, k=k, positives=positives, cutoff=cutoff)
+
+
+# --- k, cutoff and the forms of `positives` ------------------------------------------------------
+
+def test_k_may_exceed_n_by_a_bounded_padding(idx):
+    from drfast.search.validate import MAX_K_PADDING
+
+    res = idx.search(Q, k=10 + MAX_K_PADDING)
+    assert res.ids.shape == (2, 10 + MAX_K_PADDING) and (res.ids[:, 10:] == -1).all()
+    with pytest.raises(ValueError, match=r"^k: must be <= N \+ 65536 = 65546 \(the index has N = 10 rows"):
+        idx.search(Q, k=11 + MAX_K_PADDING)
+    with pytest.raises(ValueError, match="^k: must be <="):
+        idx.search(Q, k=10**30, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_a_cutoff_beyond_n_and_k_weighs_like_n(idx, backend):
+    expected = idx.search(Q, k=12, positives=[[1], [2, 3]], cutoff=12, backend=backend)
+    got = idx.search(Q, k=12, positives=[[1], [2, 3]], cutoff=10**30, backend=backend)
+    for field, value in vars(expected).items():
+        np.testing.assert_array_equal(getattr(got, field), value, err_msg=field)
+
+
+def test_a_pair_of_python_lists_is_refused_as_ambiguous(idx):
+    # With B == 2, ([0, 2], [5, 7]) could be per-query lists or CSR offsets and ids: neither is guessed.
+    with pytest.raises(TypeError, match=r"^positives: a tuple of two items is read as a CSR pair .* got \(list, list\)"):
+        idx.search(Q, k=3, positives=([0, 2], [5, 7]))
+    with pytest.raises(TypeError, match="positives: a tuple of two items"):
+        idx.search(Q, k=3, positives=(np.array([0, 1, 2]), [5, 7]))
+
+
+def test_the_two_forms_of_positives():
+    idx = drfast.FlatIndex(np.arange(40, dtype=np.float32).reshape(10, 4))
+    q3 = np.ones((3, 4), np.float32)
+    lists = idx.search(Q, k=3, positives=[[0, 2], [5, 7]], cutoff=3)
+    as_arrays = idx.search(Q, k=3, positives=[np.array([0, 2]), np.array([5, 7])], cutoff=3)  # a list: per query
+    csr = idx.search(Q, k=3, positives=(np.array([0, 2, 4]), np.array([0, 2, 5, 7], np.int32)), cutoff=3)
+    csr_torch = idx.search(Q, k=3, positives=(torch.tensor([0, 2, 4]), torch.tensor([0, 2, 5, 7])), cutoff=3)
+    for other in (as_arrays, csr, csr_torch):
+        for field, value in vars(lists).items():
+            np.testing.assert_array_equal(getattr(other, field), value, err_msg=field)
+    # A tuple of any other length is still one entry per query.
+    np.testing.assert_array_equal(idx.search(q3, k=3, positives=([1], [], [2, 3])).pos_ids, [1, 2, 3])
+    # Two arrays meant as per-query lists are read as a CSR pair, and the error says so.
+    with pytest.raises(ValueError, match=r"expected B \+ 1 = 3 entries, got 2 \(a tuple of two arrays is read as a CSR"):
+        idx.search(Q, k=3, positives=(np.array([0, 2]), np.array([5, 7])))
+
+
+# --- other inputs that used to give an unclear error or a wrong answer ----------------------------
+
+def test_queries_on_an_unsupported_device(idx):
+    with pytest.raises(ValueError, match="^queries: expected a tensor on the CPU or a CUDA device, got device meta"):
+        idx.search(torch.ones(2, 4, device="meta"), k=3)
+
+
+def test_ragged_positives_name_the_argument(idx):
+    with pytest.raises(ValueError, match=r"^positives\[0\]: expected a 1-D sequence of integer row ids"):
+        idx.search(Q, k=3, positives=[[[1], [2, 3]], []])
+
+
+def test_read_only_strided_and_narrow_integer_inputs(idx):
+    expected = idx.search(Q, k=4, positives=[[1], [2, 3]], cutoff=3)
+    q = np.repeat(Q, 2, axis=1)[:, ::2]  # strided
+    offsets, ids = np.array([0, 1, 3], np.int32), np.array([1, 2, 3], np.uint8)
+    for a in (q, offsets, ids):
+        a.setflags(write=False)
+    for queries in (q, np.asfortranarray(Q), torch.from_numpy(Q.T.copy()).T):
+        got = idx.search(queries, k=4, positives=(offsets, ids), cutoff=3)
+        for field, value in vars(expected).items():
+            np.testing.assert_array_equal(np.asarray(getattr(got, field)), value, err_msg=field)
+
+
+def test_set_num_threads_bounds():
+    with pytest.raises(ValueError, match="^n: must be <= 2147483647"):
+        drfast.set_num_threads(2**40)
+
+
+def test_outputs_that_cannot_be_addressed_are_a_memory_error():
+    # N = 2**60 zero-stride rows (never scanned): B x k outputs would exceed the address space.
+    docs = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), shape=(2**60, 1), strides=(0, 0))
+    with pytest.raises(MemoryError, match=rf"^search: out of memory for B=2 queries and k={2**60} "):
+        drfast.search.flat_search(np.ones((2, 1), np.float32), docs, k=2**60)
+
+
+def test_nan_in_a_float16_memmap_is_refused(tmp_path):
+    emb = np.lib.format.open_memmap(tmp_path / "emb.npy", mode="w+", dtype=np.float16, shape=(70000, 2))
+    emb[:] = 1
+    emb[69999, 1] = np.nan  # in the second chunk of the finiteness check
+    emb.flush()
+    with pytest.raises(ValueError, match="^emb: contains NaN or Inf"):
+        drfast.FlatIndex(np.load(tmp_path / "emb.npy", mmap_mode="r"))

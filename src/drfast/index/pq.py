@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from drfast.common.checks import check_bool, check_int
+from drfast.index.faiss_interop import pq_to_faiss
 from drfast.index.format import check_rows, doc_id_map, read_array, read_doc_ids, write_index_dir
 from drfast.search.dispatch import pq_search
 from drfast.search.result import SearchResult
@@ -166,11 +167,17 @@ class PQIndex:
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
                backend: Optional[str] = None, chunk_rows: Optional[int] = None) -> SearchResult:
-        """Same contract as FlatIndex.search; scores are <query, reconstruct(row)> up to float rounding,
-        computed as sums of per-query lookup-table entries in one pass over the codes."""
+        """Same contract as FlatIndex.search (k, positives and errors alike); scores are <query,
+        reconstruct(row)> up to float rounding, computed as sums of per-query lookup-table entries in one
+        pass over the codes. `codes` must still be [N, m] uint8 and the centroids finite (checked per search)."""
         return pq_search(queries, self, k, positives, cutoff, backend, chunk_rows)
 
     # ---- persistence ------------------------------------------------------------------------
+    def to_faiss(self):
+        """faiss.IndexPQ (inner product) with the same centroids and codes, inside
+        IndexPreTransform(OPQMatrix) when the index has a rotation; load_faiss_index reads it back."""
+        return pq_to_faiss(self.centroids, self.codes, self.rotation)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the index as a folder, atomically; an existing drfast index at `path` is replaced,
         anything else there is refused."""

@@ -17,9 +17,10 @@ def parse_index_spec(spec: str) -> tuple[str, int]:
     raise ValueError(f"index: expected 'flat', 'pq:M' or 'opq:M' (M sub-vectors, a divisor of the dimension), got {spec!r}")
 
 
-def build_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0):
-    """A FlatIndex over `emb`, or a PQIndex trained on it with faiss."""
+def build_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0, first_pass: Any = None):
+    """A FlatIndex over `emb` (with the exact two-stage search's `first_pass`: None, "int8", "bf16"
+    or "auto", see FlatIndex), or a PQIndex trained on it with faiss (first_pass does not apply)."""
     kind, m = parse_index_spec(spec)
     if kind == "flat":
-        return FlatIndex(emb, doc_ids)
+        return FlatIndex(emb, doc_ids, first_pass=first_pass)
     return PQIndex.train(emb, m=m, seed=seed, opq=kind == "opq", doc_ids=doc_ids)

@@ -7,16 +7,20 @@ bindings' own checks only).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
-from typing import Any, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from drfast import _C
-from drfast.search.validate import check_chunk_rows, check_cutoff, check_k, check_positives, check_queries
+from drfast.search.validate import (check_chunk_rows, check_codes, check_cutoff, check_k, check_positives,
+                                    check_queries)
 from drfast.search.result import SearchResult
+from drfast.search.runtime import fork_safe
 from drfast.search.torch_path import FlatChunkScorer, PQChunkScorer, torch_search
 
 BACKENDS = ("native", "cuda", "torch")
@@ -54,10 +58,32 @@ def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any
              on_cuda: bool, chunk_rows: Any):
     """Validated (queries, k, cutoff, (offsets, ids), backend, chunk_rows)."""
     queries = check_queries(queries, dim)
-    k, cutoff = check_k(k), check_cutoff(cutoff)
+    k = check_k(k, N)
+    cutoff = check_cutoff(cutoff, N, k)
     positives = check_positives(positives, queries.shape[0], N)
     backend = choose_backend(backend, on_cuda)
     return queries, k, cutoff, positives, backend, check_chunk_rows(chunk_rows, backend)
+
+
+@contextlib.contextmanager
+def _memory_guard(B: int, k: int, nnz: int, cutoff: int):
+    """Any failed allocation of a search (outputs, native working memory, torch chunks) as one
+    MemoryError saying what the search needs; checked once before anything is allocated."""
+    out_bytes = B * k * 12 + nnz * 28 + (nnz * k * 4 if cutoff else 0)
+    outputs = "ids and scores [B, k]" + (f", pair_weights [nnz={nnz}, k]" if cutoff else "")
+    message = (f"search: out of memory for B={B} queries and k={k} (outputs: {out_bytes / 2**30:.2f} GiB for "
+               f"{outputs}; working memory grows with B, k, the threads and d); lower k or search fewer queries "
+               "at a time")
+    if out_bytes > sys.maxsize:
+        raise MemoryError(message)
+    try:
+        yield
+    except MemoryError as e:  # numpy, and std::bad_alloc from the native kernels
+        raise MemoryError(message) from e
+    except RuntimeError as e:  # torch's CPU allocator (CUDA's out-of-memory error passes through as is)
+        if "can't allocate memory" not in str(e):
+            raise
+        raise MemoryError(message) from e
 
 
 def _run_native(kernel, B: int, k: int, offsets: np.ndarray, ids: np.ndarray, cutoff: int) -> SearchResult:
@@ -85,6 +111,7 @@ def _numpy(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x)
 
 
+@fork_safe
 def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: Any = None,
                 backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
     """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search).
@@ -93,6 +120,12 @@ def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: 
     on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
     queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, d, N, k, positives, cutoff,
                                                                        backend, on_cuda, chunk_rows)
+    with _memory_guard(queries.shape[0], k, ids.shape[0], cutoff):
+        result = _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows)
+    return _finish(result, min(k, N), queries)
+
+
+def _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows) -> SearchResult:
     B = queries.shape[0]
     if backend == "native":
         q, docs_np = _numpy(queries), docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
@@ -106,22 +139,32 @@ def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: 
             result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff, chunk_rows)
         else:
             result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
-    return _finish(result, min(k, N), queries)
+    return result
 
 
+@fork_safe
 def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: Any = None,
               backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
     """Fused search over a PQIndex's codes [N, m] from the [B, m, 256] float32 lookup tables
     `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search).
     chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK)."""
-    codes = index.codes
+    codes = check_codes(index.codes, index.m)
     N = codes.shape[0]
     on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
     queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, index.dim, N, k, positives,
                                                                        cutoff, backend, on_cuda, chunk_rows)
+    with _memory_guard(queries.shape[0], k, ids.shape[0], cutoff):
+        result = _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows)
+    return _finish(result, min(k, N), queries)
+
+
+def _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows) -> SearchResult:
     B = queries.shape[0]
     device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
     luts = index.lookup_tables(as_tensor(queries).to(device))
+    if not _finite(luts):  # else rows behind a NaN table entry silently drop out of the top-k and the ranks
+        raise ValueError("index.centroids: the lookup tables <query, centroid> are NaN or Inf "
+                         "(the centroids contain NaN or Inf, or the products overflow float32)")
     if backend == "native":
         luts_np, codes_np = _numpy(luts), _numpy(codes)
         result = _run_native(lambda *out: _C.pq_search(luts_np, codes_np, k, offsets, ids, cutoff, *out),
@@ -132,7 +175,7 @@ def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: A
             result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff, chunk_rows)
         else:
             result = _cuda_pq_search(luts, codes.contiguous(), k, off_t, ids_t, cutoff)
-    return _finish(result, min(k, N), queries)
+    return result
 
 
 def as_tensor(x: Any) -> torch.Tensor:

@@ -2,12 +2,14 @@
 
 The SIMD level is chosen when the module loads (the best the CPU supports) unless the environment
 variable DRFAST_SIMD names one (avx512, avx2 or generic); `set_simd_level` changes it at run time.
-Every level returns bit-identical results.
+Every level returns bit-identical results. `fork_safe` lets searches run in forked children.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
+import threading
 
 import torch
 
@@ -19,7 +21,7 @@ SIMD_LEVELS = ("avx512", "avx2", "generic")
 
 def set_num_threads(n: int) -> None:
     """Threads used by the native CPU kernels (default: OMP_NUM_THREADS or all cores)."""
-    _C.set_num_threads(check_int(n, "n", 1))
+    _C.set_num_threads(check_int(n, "n", 1, 2**31 - 1))
 
 
 def get_num_threads() -> int:
@@ -54,6 +56,38 @@ def build_info() -> dict:
         "cuda_device_available": bool(_C.cuda_device_available()) or torch.cuda.is_available(),
         "torch": torch.__version__,
     }
+
+
+_IMPORT_PID = os.getpid()
+
+
+def fork_safe(fn):
+    """`fn` made safe to call in a forked child (multiprocessing's "fork" start method, DataLoader workers).
+
+    OpenMP's worker threads (libgomp, shared by the native kernels and torch) belong to the thread that
+    started them and do not survive fork: in the child, a parallel region started from the thread that
+    forked waits forever for workers that no longer exist. So in a process forked after drfast was
+    imported, `fn` runs in a new thread, which starts OpenMP workers of its own (all threads still used).
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if os.getpid() == _IMPORT_PID:
+            return fn(*args, **kwargs)
+        outcome = {}
+
+        def run():
+            try:
+                outcome["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # re-raised in the caller's thread
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, name=f"drfast-{fn.__name__}", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+    return wrapper
 
 
 def _apply_environment() -> None:

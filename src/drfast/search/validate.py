@@ -1,6 +1,7 @@
 """Validation of every search argument: shapes, dtypes, finiteness, id ranges. Errors name the argument.
 
-Inputs may be numpy arrays or torch tensors. Non-contiguous inputs are copied (never rejected).
+Inputs may be numpy arrays or torch tensors (on the CPU or a CUDA device). Non-contiguous and
+read-only inputs are fine (copied where needed, never written).
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import numpy as np
 import torch
 
 from drfast.common.checks import as_int64_vector, check_int, describe
+
+# k may exceed N (the extra columns are padding: ids -1, scores -inf), by at most this much: a larger
+# k is almost certainly a mistake (k=10**9 on 300 rows would allocate 15 GB of padding).
+MAX_K_PADDING = 65536
 
 
 def check_embeddings(emb: Any, name: str = "emb") -> Any:
@@ -43,6 +48,8 @@ def _all_finite(a: np.ndarray, chunk_rows: int = 1 << 16) -> bool:
 def check_queries(queries: Any, dim: int) -> Any:
     if isinstance(queries, torch.Tensor):
         queries = queries.detach()
+        if queries.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"queries: expected a tensor on the CPU or a CUDA device, got device {queries.device}")
         if queries.dtype != torch.float32:
             raise TypeError(f"queries: expected dtype float32, got {queries.dtype} (use queries.float())")
     elif isinstance(queries, np.ndarray):
@@ -62,13 +69,19 @@ def check_queries(queries: Any, dim: int) -> Any:
     return queries
 
 
-def check_k(k: Any) -> int:
-    return check_int(k, "k", 1)
+def check_k(k: Any, N: int) -> int:
+    """1 <= k <= N + MAX_K_PADDING, checked before anything is allocated."""
+    k = check_int(k, "k", 1)
+    if k > N + MAX_K_PADDING:
+        raise ValueError(f"k: must be <= N + {MAX_K_PADDING} = {N + MAX_K_PADDING} (the index has N = {N} rows; "
+                         f"columns past N are only padding), got {k}")
+    return k
 
 
-def check_cutoff(cutoff: Any) -> int:
-    """0 means no pair weights."""
-    return 0 if cutoff is None else check_int(cutoff, "cutoff", 1)
+def check_cutoff(cutoff: Any, N: int, k: int) -> int:
+    """0 means no pair weights. A cutoff above max(N, k) weighs exactly like max(N, k) (ranks never
+    exceed N, candidate positions never exceed k) and is lowered to it, so it fits every integer type."""
+    return 0 if cutoff is None else min(check_int(cutoff, "cutoff", 1), max(N, k))
 
 
 def check_chunk_rows(chunk_rows: Any, backend: str) -> int | None:
@@ -80,15 +93,47 @@ def check_chunk_rows(chunk_rows: Any, backend: str) -> int | None:
     return check_int(chunk_rows, "chunk_rows", 1)
 
 
+def check_codes(codes: Any, m: int) -> Any:
+    """A PQ index's codes: [N >= 1, m] uint8, numpy or torch (they may have been replaced since the index was built)."""
+    if not isinstance(codes, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"index.codes: expected a uint8 numpy array or torch tensor [N, {m}], got {describe(codes)}")
+    if codes.dtype not in (np.uint8, torch.uint8):
+        raise TypeError(f"index.codes: expected dtype uint8 (8-bit codes 0..255), got {codes.dtype}")
+    if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] != m:
+        raise ValueError(f"index.codes: expected shape [N >= 1, m={m}] (m from index.centroids), got {tuple(codes.shape)}")
+    return codes
+
+
+def _row_ids(x: Any, name: str) -> np.ndarray:
+    try:
+        return as_int64_vector(x, name)
+    except ValueError as e:  # numpy's own message for ragged input does not name the argument
+        if str(e).startswith(f"{name}:"):
+            raise
+        raise ValueError(f"{name}: expected a 1-D sequence of integer row ids ({e})") from None
+
+
 def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets int64 [B+1], ids int64 [nnz]) from a list of lists or a CSR pair; validated."""
+    """CSR (offsets int64 [B+1], ids int64 [nnz]), validated, from either form of `positives`:
+
+    - per-query row ids: a list with one entry per query (a list, tuple or 1-D integer array each);
+    - a CSR pair: a tuple (offsets [B+1], ids [nnz]) of two 1-D integer numpy arrays or torch tensors.
+    A tuple of exactly two items is always read as a CSR pair, so it must hold two arrays: two Python
+    lists would be ambiguous when B == 2 (per-query lists or offsets and ids?) and are refused.
+    """
     if positives is None:
         return np.zeros(B + 1, np.int64), np.zeros(0, np.int64)
-    if isinstance(positives, tuple) and len(positives) == 2 and not isinstance(positives[0], (list, tuple)):
-        offsets = as_int64_vector(positives[0], "positives offsets")
-        ids = as_int64_vector(positives[1], "positives ids")
+    if isinstance(positives, tuple) and len(positives) == 2:
+        if not all(isinstance(p, (np.ndarray, torch.Tensor)) for p in positives):
+            raise TypeError(
+                "positives: a tuple of two items is read as a CSR pair (offsets, ids) and needs two 1-D integer "
+                f"numpy arrays or torch tensors, got ({type(positives[0]).__name__}, {type(positives[1]).__name__}); "
+                "pass one list of row ids per query as a list")
+        offsets = _row_ids(positives[0], "positives offsets")
+        ids = _row_ids(positives[1], "positives ids")
         if offsets.shape[0] != B + 1:
-            raise ValueError(f"positives offsets: expected B + 1 = {B + 1} entries, got {offsets.shape[0]}")
+            raise ValueError(f"positives offsets: expected B + 1 = {B + 1} entries, got {offsets.shape[0]} (a tuple "
+                             "of two arrays is read as a CSR pair (offsets, ids); pass per-query row ids as a list)")
         if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != ids.shape[0]:
             raise ValueError(
                 "positives offsets: must start at 0, never decrease and end at len(ids) "
@@ -96,12 +141,13 @@ def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndar
     elif isinstance(positives, Sequence) and not isinstance(positives, (str, bytes)):
         if len(positives) != B:
             raise ValueError(f"positives: expected one list per query (B = {B}), got {len(positives)}")
-        lists = [as_int64_vector(p, f"positives[{i}]") for i, p in enumerate(positives)]
+        lists = [_row_ids(p, f"positives[{i}]") for i, p in enumerate(positives)]
         offsets = np.zeros(B + 1, np.int64)
         np.cumsum([len(p) for p in lists], out=offsets[1:])
         ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)
     else:
-        raise TypeError(f"positives: expected a list of lists of row ids or a CSR pair (offsets, ids), got {describe(positives)}")
+        raise TypeError("positives: expected a list of lists of row ids or a CSR pair (offsets, ids) of two arrays, "
+                        f"got {describe(positives)}")
     if ids.size:
         bad = (ids < 0) | (ids >= N)
         if bad.any():
