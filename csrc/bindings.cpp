@@ -93,9 +93,8 @@ void check_positives_and_outputs(SearchInput& in, py::array& pos_offsets, py::ar
   }
 }
 
-void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
-                     int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
-                     py::object pair_weights) {
+// The checked queries [B, d] float32 and rows [N, d] float32/float16 of a flat search.
+SearchInput flat_input(py::array queries, py::array docs, int64_t k, int64_t cutoff) {
   check_array(queries, "queries", 'f', 4, 2);
   check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
   SearchInput in;
@@ -108,6 +107,13 @@ void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos
   in.k = k;
   in.cutoff = cutoff;
   DRFAST_CHECK(docs.shape(1) == in.d, "docs: dimension differs from queries");
+  return in;
+}
+
+void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
+                     int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
+                     py::object pair_weights) {
+  SearchInput in = flat_input(queries, docs, k, cutoff);
   SearchOutput out;
   check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
   py::gil_scoped_release release;
@@ -144,18 +150,7 @@ void two_stage_search_cpu(py::array queries, py::array docs, int64_t k, py::arra
                           int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
                           py::object pair_weights, int kind, py::array qcodes, py::array qparams, py::array codes,
                           py::array rstats, py::array rsums, py::object refine, py::array work_q, py::array work_p) {
-  check_array(queries, "queries", 'f', 4, 2);
-  check_array(docs, "docs", 'f', docs.itemsize() == 2 ? 2 : 4, 2);
-  SearchInput in;
-  in.queries = static_cast<const float*>(queries.data());
-  in.B = queries.shape(0);
-  in.d = queries.shape(1);
-  in.docs = docs.data();
-  in.N = docs.shape(0);
-  in.docs_fp16 = docs.itemsize() == 2;
-  in.k = k;
-  in.cutoff = cutoff;
-  DRFAST_CHECK(docs.shape(1) == in.d, "docs: dimension differs from queries");
+  SearchInput in = flat_input(queries, docs, k, cutoff);
   SearchOutput out;
   check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
   DRFAST_CHECK(kind == drfast::kFpKindInt8 || kind == drfast::kFpKindBf16, "kind: expected 0 (int8) or 1 (bf16)");

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/kernels.h"
+#include "cpu/aligned_floats.h"
 #include "cpu/fused_scan.h"
 #include "cpu/isa_kernels.h"
 
@@ -151,20 +152,6 @@ inline float round_up(double x) {
   return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
 }
 
-// Zero-initialised floats on a 64-byte boundary.
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(int64_t n) : storage_(static_cast<size_t>(n) + 16, 0.0f) {
-    const auto addr = reinterpret_cast<uintptr_t>(storage_.data());
-    data_ = storage_.data() + ((64 - addr % 64) % 64) / sizeof(float);
-  }
-  float* data() { return data_; }
-
- private:
-  std::vector<float> storage_;
-  float* data_;
-};
-
 struct Buffers {
   Buffers(int T, int64_t B, int64_t nnz, int64_t d16, int64_t keep, int64_t cap)
       : raw(static_cast<size_t>(T) * B * kFpBlockRows),
@@ -205,7 +192,7 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
 
   // The exact scorer: the exact scan's own pair kernel on zero-padded queries (flat_search.cpp).
   const int64_t d16 = (in.d + 15) / 16 * 16;
-  AlignedBuffer qpad(B * d16);
+  AlignedFloats qpad(B * d16);
   for (int64_t b = 0; b < B; ++b) std::copy(in.queries + b * in.d, in.queries + (b + 1) * in.d, qpad.data() + b * d16);
   const FlatView exact{qpad.data(), B, in.d, d16, in.docs, in.docs_fp16};
 
