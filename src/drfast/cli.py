@@ -100,6 +100,11 @@ def _corpus_options(args: argparse.Namespace) -> dict:
                 encode_batch_size=args.encode_batch_size)
 
 
+def _first_pass(args: argparse.Namespace):
+    """--first-pass as the index's first_pass argument (None for the exact scan alone)."""
+    return None if args.first_pass == "none" else args.first_pass
+
+
 def _encode(args: argparse.Namespace) -> int:
     check_beir(args.data)
     check_model(args.model, **_encoder_options(args))
@@ -120,7 +125,8 @@ def _index(args: argparse.Namespace) -> int:
     timings: dict = {}
     encoders = BiEncoder.load(args.model, **_encoder_options(args))
     index = corpus_index(corpus, encoders, index_spec=args.index, cache_dir=args.cache, dtype=args.dtype,
-                         encode_batch_size=args.encode_batch_size, index_seed=args.index_seed, timings=timings)
+                         encode_batch_size=args.encode_batch_size, index_seed=args.index_seed,
+                         first_pass=_first_pass(args), timings=timings)
     index.save(args.output)
     print(f"{index!r} saved to {args.output} ({timings})")
     return 0
@@ -129,7 +135,7 @@ def _index(args: argparse.Namespace) -> int:
 def _evaluate_model(args: argparse.Namespace) -> dict:
     return evaluate_model(args.data, args.model, split=args.split, query_model=args.query_model,
                           index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
-                          index_seed=args.index_seed, **_corpus_options(args))
+                          index_seed=args.index_seed, first_pass=_first_pass(args), **_corpus_options(args))
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -157,12 +163,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _adore(args: argparse.Namespace) -> int:
     report = run_adore(args.data, args.model, args.output, index_spec=args.index, train_split=args.train_split,
                        eval_split=args.eval_split, config=from_args(AdoreConfig, args), query_model=args.query_model,
-                       index_seed=args.index_seed, also_evaluate_on=args.also_evaluate_on,
+                       index_seed=args.index_seed, first_pass=_first_pass(args), also_evaluate_on=args.also_evaluate_on,
                        eval_every=args.eval_every, overlap_every=args.overlap_every, device=args.device,
                        resume=args.resume, overwrite=args.overwrite, **_corpus_options(args))
-    _print_table(f"ADORE on {args.index} ({args.eval_split} split)", {"before": report["before"],
-                                                                      "after": report["after"]})
-    print(f"query encoder, metrics.json and the run log in {args.output}/")
+    method = "ADORE + trained centroids (JPQ)" if args.train_centroids else "ADORE"
+    _print_table(f"{method} on {args.index} ({args.eval_split} split)", {"before": report["before"],
+                                                                         "after": report["after"]})
+    saved = "query encoder, trained index (index/)" if args.train_centroids else "query encoder"
+    print(f"{saved}, metrics.json and the run log in {args.output}/")
     return 0
 
 
@@ -190,7 +198,7 @@ def _mine(args: argparse.Namespace) -> int:
     encoders = None if args.source == "bm25" else BiEncoder.load(args.model, **_encoder_options(args))
     mined = mine_split(data, encoders, source=args.source, config=from_args(MiningConfig, args), cache_dir=args.cache,
                        dtype=args.dtype, encode_batch_size=args.encode_batch_size,
-                       query_batch_size=args.query_batch_size)
+                       query_batch_size=args.query_batch_size, first_pass=_first_pass(args))
     print(format_statistics(score_statistics(mined)))
     n = write_mined(args.output, data.queries, data.positives, mined, list(data.corpus.doc_ids))
     print(f"{n} training examples written to {args.output}")
@@ -200,7 +208,7 @@ def _mine(args: argparse.Namespace) -> int:
 def _errors(args: argparse.Namespace) -> int:
     report = run_errors(args.data, args.model, args.output, split=args.split, query_model=args.query_model,
                         index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
-                        index_seed=args.index_seed, **_corpus_options(args))
+                        index_seed=args.index_seed, first_pass=_first_pass(args), **_corpus_options(args))
     s = report["summary"]
     print(f"pairwise errors of {args.query_model or args.model} on {args.data} ({args.split}, {args.index} index, "
           f"{s['queries']} queries with positives):")
@@ -245,6 +253,11 @@ class Options:
     eval_split: str = option("test", "the BEIR split to evaluate on, before and after training")
     index: str = option("flat", "the index: flat | pq:M | opq:M (adore: the one trained against)", metavar="SPEC")
     index_seed: int = option(0, "seed of the PQ / OPQ codebook training")
+    first_pass: str = option("none", "the exact two-stage search of a flat index: a low-precision first pass "
+                                     "(int8: AVX-512 VNNI, bf16: AVX512_BF16, auto: the best this CPU runs fast) "
+                                     "with proven error bounds, then exact rescoring; results are bit-identical to "
+                                     "none, the copy costs 1-2 bytes per dimension per document",
+                             choices=("none", "int8", "bf16", "auto"))
     also_evaluate_on: Tuple[str, ...] = option((), "also evaluate before and after on these index specs "
                                                    "(e.g. pq:48)", metavar="SPEC")
     # one meaning of --k in every command: the same help as AdoreConfig.k's
@@ -282,6 +295,8 @@ class Options:
         check_int(self.index_seed, "index_seed", 0, 2**31 - 1)  # faiss keeps seeds in a C int
         for name in ("query_max_length", "doc_max_length"):
             check_optional_int(getattr(self, name), name, 1)
+        if self.first_pass != "none" and self.index != "flat":
+            raise ValueError(f"first_pass: the two-stage search is for a flat index, not --index {self.index}")
 
 
 INPUTS = ("data", "model", "pooling", "query_max_length", "doc_max_length", "cache", "dtype", "encode_batch_size")
@@ -312,24 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(demo, AdoreConfig, ("epochs", "seed"))
     _command(sub, "encode", _encode, "encode a BEIR corpus with a model (cached, resumable)", INPUTS)
     _command(sub, "index", _index, "encode a BEIR corpus and save a flat or PQ index",
-             INPUTS + ("index", "index_seed", "output"))
+             INPUTS + ("index", "index_seed", "first_pass", "output"))
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
                              ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):
         _command(sub, name, func, text, INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed",
-                                                  "k", "output"))
+                                                  "first_pass", "k", "output"))
     _command(sub, "errors", _errors, "pairwise errors of a model over the whole corpus (total and top-K) with their "
                                      "distribution over queries: errors.json and errors.png",
-             INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed", "k", "output"),
+             INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed", "first_pass", "k", "output"),
              k=200)
-    _command(sub, "adore", _adore, "train the query encoder with ADORE against a fixed flat or PQ index",
-             INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "also_evaluate_on",
-                       "eval_every", "overlap_every", "device", "resume", "overwrite", "output"),
+    _command(sub, "adore", _adore, "train the query encoder with ADORE against a fixed flat or PQ index (with "
+                                   "--train-centroids, the PQ centroids too: JPQ)",
+             INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "first_pass",
+                       "also_evaluate_on", "eval_every", "overlap_every", "device", "resume", "overwrite", "output"),
              AdoreConfig)
     _command(sub, "star", _star, "train both towers with STAR or a negative-sampling baseline",
              INPUTS + ("train_split", "eval_split", "negatives", "overlap_every", "resume", "overwrite", "output"),
              StarConfig)
     _command(sub, "mine", _mine, "mine hard negatives (model or BM25) into Tevatron-style jsonl",
-             INPUTS + ("query_batch_size", "split", "source", "output"), MiningConfig, split="train")
+             INPUTS + ("query_batch_size", "split", "source", "first_pass", "output"), MiningConfig, split="train")
     plot = _command(sub, "plot", _plot, "draw a training run's loss, MRR@10 and negative overlap over steps",
                     ("output",), output=None)
     plot.add_argument("run_dir", metavar="RUN_DIR",

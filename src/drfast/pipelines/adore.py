@@ -18,7 +18,7 @@ from drfast.encode.encoders import BiEncoder, save_encoder
 from drfast.eval.overlap import NegativeOverlapHook
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import evaluate
-from drfast.index.spec import build_index
+from drfast.index.spec import build_index, parse_index_spec
 from drfast.pipelines.corpus import corpus_embeddings, corpus_index
 from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
 from drfast.train.adore import AdoreConfig, AdoreTrainer
@@ -32,13 +32,16 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               cache_dir: Optional[str | os.PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
               index_seed: int = 0, also_evaluate_on: Sequence[str] = (), eval_every: int = 0,
               overlap_every: int = 0, static_negatives: Optional[Dict[str, Sequence[str]]] = None,
-              device: str = "auto", resume: bool = False, overwrite: bool = False) -> dict:
+              device: str = "auto", resume: bool = False, overwrite: bool = False,
+              first_pass: Optional[str] = None) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
     is the starting query encoder, e.g. a STAR-trained query tower over STAR's document tower.
     `also_evaluate_on` adds evaluations of the trained and the starting query encoder on other index
-    specs (e.g. a flat-trained model on pq:48).
+    specs (e.g. a flat-trained model on pq:48). With `config.train_centroids` (JPQ, a pq:M or opq:M
+    index) the centroids are trained too: "after" is evaluated on the trained index, which is saved to
+    OUTPUT/index (drfast.load_index reads it back).
 
     Two hooks with periods of their own (0: off), each also run at step 0: `eval_every` logs eval_*
     metrics of the eval split; `overlap_every` logs `static_overlap` and `train_mrr10`
@@ -63,6 +66,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     specs = [("index_spec", index_spec)] + [("also_evaluate_on", spec) for spec in also_evaluate_on]
     for name, spec in specs:
         check_index_spec(spec, dim, name=name)
+    config.check_index_kind(parse_index_spec(index_spec)[0])
     timings: dict = {}
     t_all = time.perf_counter()
     train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
@@ -71,8 +75,8 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     if config.k > len(train.corpus):
         raise ValueError(f"k: {config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))  # the query tower starts from query_model
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
-                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
+                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     query_encoder = encoders.query_encoder
     if encoders.shared:  # the document tower's weights must stay those of the index
         query_encoder = copy.deepcopy(query_encoder)
@@ -111,6 +115,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         timings["overlap_setup_s"] = round(time.perf_counter() - t0, 3)
     trainer = AdoreTrainer(query_encoder, index, queries=train.queries, positives=train.positives, config=config,
                            output_dir=output / "run", hooks=hooks)
+    index = trainer.index  # train_centroids: the index being trained (eval_hook and "after" see it)
     t0 = time.perf_counter()
     trainer.train(resume=resume, overwrite=overwrite)
     timings["train_s"] = round(time.perf_counter() - t0, 3)
@@ -122,11 +127,13 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     after_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}
     timings["evaluate_after_s"] = round(time.perf_counter() - t0, 3)
     save_encoder(query_encoder, output / "query_encoder")
+    if config.train_centroids:
+        index.save(output / "index")
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     report = {"before": before, "after": after,
               "config": {"data": str(data_dir), "model": model, "query_model": query_model, "index": index_spec,
                          "train_split": train_split, "eval_split": eval_split, "dtype": dtype,
-                         "encode_batch_size": encode_batch_size, "index_seed": index_seed,
+                         "encode_batch_size": encode_batch_size, "index_seed": index_seed, "first_pass": first_pass,
                          "also_evaluate_on": list(also_evaluate_on), "device": str(query_encoder.device),
                          "eval_every": eval_every, "overlap_every": overlap_every,
                          "score_scale_used": trainer.scale, **dataclasses.asdict(config)},

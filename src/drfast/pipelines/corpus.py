@@ -27,12 +27,13 @@ def corpus_embeddings(corpus: Corpus | PathLike, encoders: BiEncoder, *, cache_d
 
 def corpus_index(data_dir: Corpus | PathLike, encoders: BiEncoder, *, index_spec: str = "flat",
                  cache_dir: Optional[PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
-                 index_seed: int = 0, timings: Optional[dict] = None):
+                 index_seed: int = 0, first_pass: Optional[str] = None, timings: Optional[dict] = None):
     """The index (`index_spec`: flat, pq:M, opq:M) of a BEIR folder's corpus (or a Corpus) encoded by the
-    document tower of `encoders`. Records encode_corpus_s and build_index_s in `timings`."""
+    document tower of `encoders`, a flat one with the exact two-stage search's `first_pass` (None, "int8",
+    "bf16" or "auto"). Records encode_corpus_s and build_index_s in `timings`."""
     timings = {} if timings is None else timings
     with timed(timings, "encode_corpus_s"):
         emb, doc_ids = corpus_embeddings(data_dir, encoders, cache_dir=cache_dir, dtype=dtype,
                                          encode_batch_size=encode_batch_size)
     with timed(timings, "build_index_s"):
-        return build_index(emb, doc_ids, index_spec, index_seed)
+        return build_index(emb, doc_ids, index_spec, index_seed, first_pass)

@@ -36,7 +36,8 @@ def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLik
                query_model: Optional[str] = None, index_spec: str = "flat", k: int = 200,
                encoder_options: Optional[dict] = None, cache_dir: Optional[str | os.PathLike] = None,
                dtype: str = "float16", encode_batch_size: int = 32, query_batch_size: int = 64,
-               index_seed: int = 0, chunk_size: int = 4096, plot: bool = True) -> dict:
+               index_seed: int = 0, first_pass: Optional[str] = None, chunk_size: int = 4096,
+               plot: bool = True) -> dict:
     """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
 
     Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
@@ -53,8 +54,8 @@ def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLik
     data = load_beir(data_dir, split)
     check_index_spec(index_spec, dim, len(data.corpus))
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
-                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
+                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     qids = sorted(data.positives)
     rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
 

@@ -21,7 +21,7 @@ PathLike = str | os.PathLike
 def evaluate_model(data_dir: PathLike, model: str, *, split: str = "test", query_model: Optional[str] = None,
                    index_spec: str = "flat", k: int = 100, encoder_options: Optional[dict] = None,
                    cache_dir: Optional[PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
-                   query_batch_size: int = 64, index_seed: int = 0,
+                   query_batch_size: int = 64, index_seed: int = 0, first_pass: Optional[str] = None,
                    measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
     """Metrics of `model` (documents; and queries unless `query_model`) on a BEIR split:
     {"metrics": {...}, "per_query": {...}, "run": {...}, "timings": {...}}."""
@@ -34,8 +34,8 @@ def evaluate_model(data_dir: PathLike, model: str, *, split: str = "test", query
     data = load_beir(data_dir, split)
     check_index_spec(index_spec, dim, len(data.corpus))
     encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, cache_dir=cache_dir, dtype=dtype,
-                         encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
+                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
     with timed(timings, "retrieve_s"), torch.inference_mode():
         run = retrieve(index, encoders.query_encoder, data.queries, k=k, batch_size=query_batch_size)
     means, per_query = evaluate(run, data.qrels, measures, per_query=True)

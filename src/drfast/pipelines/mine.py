@@ -11,7 +11,8 @@ from drfast.pipelines.corpus import corpus_embeddings
 
 def mine_split(data: Any, encoders: Any, *, source: str = "model", config: Optional[MiningConfig] = None,
                cache_dir: Any = None, dtype: str = "float16", encode_batch_size: int = 32,
-               query_batch_size: int = 64, trisampler: Any = None) -> Mapping[str, list]:
+               query_batch_size: int = 64, first_pass: Optional[str] = None,
+               trisampler: Any = None) -> Mapping[str, list]:
     """Negatives {qid: [row]} for a loaded split's queries with positives (drfast.data.Dataset):
     BM25's (source "bm25"), or the model's from a flat index of its cached corpus embeddings (source
     "model"); with a `trisampler` config, TriSampler draws from the model's top `config.depth` instead."""
@@ -24,7 +25,7 @@ def mine_split(data: Any, encoders: Any, *, source: str = "model", config: Optio
         raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")
     emb, doc_ids = corpus_embeddings(data.corpus, encoders, cache_dir=cache_dir, dtype=dtype,
                                      encode_batch_size=encode_batch_size)
-    index = FlatIndex(emb, doc_ids)
+    index = FlatIndex(emb, doc_ids, first_pass=first_pass)
     q_emb = encoders.query_encoder.encode([data.queries[q] for q in qids], batch_size=query_batch_size)
     pos_rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
     if trisampler is None:

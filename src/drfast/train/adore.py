@@ -3,10 +3,15 @@
 Every step encodes a batch of queries, retrieves their current top-k with the fused search (which also
 gives each positive's exact corpus rank and the ΔMRR pair weights), gathers the candidates' vectors from
 the index (decoded vectors for PQ: training sees exactly the index used at inference) and minimises the
-LambdaLoss-weighted RankNet loss (`losses.adore_loss`). The document side never changes.
+LambdaLoss-weighted RankNet loss (`losses.adore_loss`). The document side never changes, unless
+`train_centroids` (JPQ, Zhan et al., CIKM'21): then the PQ centroids are trained too, in an optimizer
+group of their own (`centroid_lr`), while the codes (and an OPQ rotation) stay fixed. The fused search
+reads the current centroids at every step, so the dynamic negatives come from the index as it is being
+trained, and the decoded candidates and positives carry the gradient to the centroids.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from drfast.common.checks import check_choice, check_int
+from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
 from drfast.search.rank_metrics import mean_mrr
@@ -37,12 +42,24 @@ class AdoreConfig(TrainConfig):
                                               "positive is retrieved")
     normalizer: str = option("pairs", "divide each query's loss by all its (positive, negative) pairs, as the "
                                       "reference code, or by the nonzero-weight ones", choices=NORMALIZERS)
+    train_centroids: bool = option(False, "JPQ: also train the PQ centroids of a pq:M / opq:M index (the codes "
+                                          "and an OPQ rotation stay fixed); the trained index is saved too")
+    centroid_lr: float = option(1e-4, "peak learning rate of the centroids (train_centroids; no weight decay, "
+                                      "the same linear schedule)")
 
     def check(self) -> None:
         super().check()
         for name in ("k", "cutoff"):
             check_int(getattr(self, name), name, 1)
         check_choice(self.normalizer, "normalizer", NORMALIZERS)
+        check_bool(self.train_centroids, "train_centroids")
+        check_float(self.centroid_lr, "centroid_lr", 0.0, min_inclusive=False)
+
+    def check_index_kind(self, kind: str) -> None:
+        """ValueError when train_centroids is set for an index without centroids (`kind` "flat")."""
+        if self.train_centroids and kind not in ("pq", "opq"):
+            raise ValueError(f"train_centroids: trains the centroids of a PQ index (pq:M or opq:M); a {kind} index "
+                             f"has none")
 
 
 def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
@@ -67,11 +84,24 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
     return loss, info
 
 
+class EncoderAndCentroids(torch.nn.Module):
+    """What a JPQ run trains: the query encoder and the PQ centroids, one module so that checkpoints
+    (state_dict "encoder.*" and "centroids") and resume hold both."""
+
+    def __init__(self, encoder: torch.nn.Module, centroids: torch.Tensor):
+        super().__init__()
+        self.encoder = encoder
+        self.centroids = torch.nn.Parameter(centroids.detach().clone())
+
+
 class AdoreTrainer(TrainingRun):
     """Trains `query_encoder` (a drfast Encoder) against `index` (FlatIndex or PQIndex whose doc_ids
     name the rows) on `queries` {qid: text} with `positives` {qid: [doc_id, ...]}.
 
-    Run management (checkpoints, resume, log, (every, hook) pairs) comes from `TrainingRun`.
+    With `config.train_centroids` (PQ only), `self.index` is a copy of `index` whose centroids are the
+    parameter `self.model.centroids` (trained with `config.centroid_lr`); `index` itself is left as it
+    was, and `self.index` is the trained index. Run management (checkpoints, resume, log, (every, hook)
+    pairs) comes from `TrainingRun`.
     """
 
     summed = ("pairs", "nonencoder_s")
@@ -96,16 +126,26 @@ class AdoreTrainer(TrainingRun):
             self.rows[qid] = sorted(set(rows.tolist()))
         if not self.rows:
             raise ValueError("positives: no training query")
-        super().__init__(query_encoder, sorted(self.rows), config=config, output_dir=output_dir, hooks=hooks)
+        config.check_index_kind(getattr(index, "kind", type(index).__name__))
+        self.start_index, model, groups = index, query_encoder, None
+        if config.train_centroids:
+            model = EncoderAndCentroids(query_encoder, index.centroids)
+            index = copy.copy(index)  # shares the codes; its centroids are the trained parameter
+            index.centroids = model.centroids
+            groups = [{"params": list(query_encoder.parameters())},
+                      {"params": [model.centroids], "lr": config.centroid_lr, "weight_decay": 0.0}]
+        super().__init__(model, sorted(self.rows), config=config, output_dir=output_dir, hooks=hooks,
+                         param_groups=groups)
         self.encoder, self.index, self.queries = query_encoder, index, queries
         self.scale = float(config.score_scale or getattr(query_encoder, "similarity_scale", 1.0))
 
     def identity(self) -> Dict[str, str]:
-        """The shared identity, the query texts and positive rows, and the index: its kind, size,
-        and a digest of the vectors and ids of up to 1024 evenly spaced rows (cheap at any size)."""
-        rows = sample_rows(self.index.ntotal)
-        index = [type(self.index).__name__, self.index.ntotal, self.index.dim, self.index.doc_ids.take(rows),
-                 digest(self.index.reconstruct(rows))]
+        """The shared identity, the query texts and positive rows, and the starting index (not the one
+        being trained): its kind, size, and a digest of the vectors and ids of up to 1024 evenly spaced
+        rows (cheap at any size)."""
+        start = self.start_index
+        rows = sample_rows(start.ntotal)
+        index = [type(start).__name__, start.ntotal, start.dim, start.doc_ids.take(rows), digest(start.reconstruct(rows))]
         return {**super().identity(), "queries": digest([self.queries[q] for q in self.items]),
                 "positives": digest([self.rows[q] for q in self.items]), "index": digest(index)}
 

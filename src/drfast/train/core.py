@@ -93,7 +93,11 @@ def linear_schedule(optimizer, warmup: int, total: int):
 class TrainingRun:
     """Trains `model` (a torch module) on `items` (e.g. query ids), `config.batch_size` at a time.
 
-    Subclasses implement `micro_batch(items) -> (loss, info)`; `info` holds floats to log. Keys listed
+    Subclasses implement `micro_batch(items) -> (loss, info)`; `info` holds floats to log.
+    `param_groups` (default: one group of all of `model`'s parameters) are AdamW's groups, each a dict
+    with "params" and optionally its own "lr" / "weight_decay" (defaults: the config's); every
+    parameter must belong to `model`, so that checkpoints hold it. The linear schedule scales every
+    group's learning rate, and each group's gradient norm is clipped on its own. Keys listed
     in `summed` are added over a step's micro-batches, the others averaged. `hooks` are (every, hook)
     pairs: hook(trainer, step) is called after every `every`-th optimizer step (every 0: never), the
     hooks due at a step in the order given, and may return a dict to log with that step's record. A
@@ -106,7 +110,8 @@ class TrainingRun:
     summed: Tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, items: Sequence, *, config: Optional[TrainConfig] = None,
-                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Tuple[int, Callable]] = ()):
+                 output_dir: Optional[str | os.PathLike] = None, hooks: Sequence[Tuple[int, Callable]] = (),
+                 param_groups: Optional[Sequence[dict]] = None):
         config = config or TrainConfig()
         config.check()
         if not items:
@@ -122,7 +127,8 @@ class TrainingRun:
         self.batches_per_epoch = math.ceil(len(self.items) / config.batch_size)
         steps = config.epochs * math.ceil(self.batches_per_epoch / config.grad_accum)
         self.total_steps = min(steps, config.max_steps) if config.max_steps else steps
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{"params": list(model.parameters())}] if param_groups is None else list(param_groups)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
         self.writer = None
@@ -158,7 +164,8 @@ class TrainingRun:
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        for group in self.optimizer.param_groups:  # each group's norm on its own (one group: the model's)
+            torch.nn.utils.clip_grad_norm_(group["params"], self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
