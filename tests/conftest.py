@@ -42,3 +42,20 @@ def real_data():
             pytest.skip(f"{path} is absent")
         return path
     return folder
+
+
+class KilledRun(Exception):
+    """Raised by a `kill_at` hook: a training run stopped as if killed (after its last checkpoint)."""
+
+
+@pytest.fixture
+def kill_at():
+    """kill_at(step) -> the hook pair (1, hook) that raises KilledRun at `step`; `kill_at.error` is
+    KilledRun, for pytest.raises."""
+    def make(step):
+        def hook(trainer, at):
+            if at == step:
+                raise KilledRun(f"killed at step {step}")
+        return 1, hook
+    make.error = KilledRun
+    return make

@@ -80,7 +80,7 @@ def test_training_lowers_loss_and_raises_training_mrr(rng, tiny_model):
     assert np.mean([h["mrr10"] for h in last]) > np.mean([h["mrr10"] for h in first]) + 0.2
 
 
-def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
+def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path, kill_at):
     index, queries, positives = synthetic_task(rng)
     config = AdoreConfig(k=20, cutoff=10, lr=1e-3, batch_size=4, epochs=3, save_every=2, seed=7)
 
@@ -92,15 +92,8 @@ def test_resume_gives_the_uninterrupted_result(rng, tiny_model, tmp_path):
     full = trainer(tmp_path / "full")
     full.train()
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_5(tr, step):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        trainer(tmp_path / "cut", hooks=[(1, stop_at_5)]).train()
+    with pytest.raises(kill_at.error):
+        trainer(tmp_path / "cut", hooks=[kill_at(5)]).train()
     resumed = trainer(tmp_path / "cut")
     resumed.train(resume=True)
     assert resumed.step == full.step == 12

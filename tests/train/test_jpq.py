@@ -101,23 +101,16 @@ def test_training_lowers_the_loss_and_moves_only_the_centroids(rng, tiny_model):
     assert tr.scheduler.get_last_lr() == [0.0, 0.0]
 
 
-def test_resume_gives_the_uninterrupted_weights_and_centroids(rng, tiny_model, tmp_path):
+def test_resume_gives_the_uninterrupted_weights_and_centroids(rng, tiny_model, tmp_path, kill_at):
     index, queries, positives = task(rng, opq=True)
     config = AdoreConfig(k=20, lr=1e-3, centroid_lr=1e-2, batch_size=4, epochs=3, save_every=2, seed=7,
                          train_centroids=True)
     full = trainer_for(tiny_model, index, queries, positives, config, output_dir=tmp_path / "full")
     full.train()
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_5(tr, step):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
+    with pytest.raises(kill_at.error):
         trainer_for(tiny_model, index, queries, positives, config, output_dir=tmp_path / "cut",
-                    hooks=[(1, stop_at_5)]).train()
+                    hooks=[kill_at(5)]).train()
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and not torch.equal(state["model"]["centroids"], index.centroids)
     resumed = trainer_for(tiny_model, index, queries, positives, config, output_dir=tmp_path / "cut")

@@ -102,7 +102,7 @@ def star_task(rng, tmp_path, n_docs=40, n_queries=16):
     return model_dir, ListCorpus(docs), queries, positives, negatives
 
 
-def test_resume_gives_the_uninterrupted_result(rng, tmp_path):
+def test_resume_gives_the_uninterrupted_result(rng, tmp_path, kill_at):
     model_dir, corpus, queries, positives, negatives = star_task(rng, tmp_path)
     config = StarConfig(method="star", n_negatives=2, lr=1e-3, batch_size=4, epochs=3, save_every=2, seed=5)
 
@@ -114,15 +114,8 @@ def test_resume_gives_the_uninterrupted_result(rng, tmp_path):
     full = trainer(tmp_path / "full")
     full.train()
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_5(tr, step):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):  # the last checkpoint is at step 4
-        trainer(tmp_path / "cut", [(1, stop_at_5)]).train()
+    with pytest.raises(kill_at.error):  # the last checkpoint is at step 4
+        trainer(tmp_path / "cut", [kill_at(5)]).train()
     with pytest.raises(ValueError, match=r"other settings or inputs: negatives '"):
         trainer(tmp_path / "cut", negatives={**negatives, "q0": ["d7"]}).train(resume=True)
     resumed = trainer(tmp_path / "cut")
