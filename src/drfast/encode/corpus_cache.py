@@ -29,7 +29,7 @@ from drfast.common.checks import check_choice, check_int
 from drfast.common.doc_ids import DocIdMap
 from drfast.encode.encoders import Encoder
 
-__all__ = ["encode_corpus", "corpus_cache_key", "DTYPES", "DEFAULT_CACHE"]
+__all__ = ["encode_corpus", "corpus_cache_key", "weights_digest", "DTYPES", "DEFAULT_CACHE"]
 
 # Where corpus embeddings (and other caches) live unless a --cache folder is given.
 DEFAULT_CACHE = Path(os.environ.get("DRFAST_CACHE", Path.home() / ".cache" / "drfast"))
@@ -54,7 +54,7 @@ def _cache_key(encoder: Encoder, fingerprint: str, dtype: str) -> str:
     # Content, not paths: a trained tower saved and loaded again finds the embeddings it already made.
     identity = {
         "format": _FORMAT_VERSION,
-        "weights": _weights_digest(encoder.model),
+        "weights": weights_digest(encoder.model),
         "tokenizer": _tokenizer_digest(encoder.tokenizer),
         "pooling": encoder.pooling,
         "normalize": encoder.normalize,
@@ -170,7 +170,8 @@ def _load(folder: str, dtype: str, n: int) -> Tuple[np.memmap, DocIdMap]:
     return emb, doc_ids
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a module's state dict: every tensor's name, dtype, shape and raw bytes."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from drfast.common.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
-from drfast.encode.corpus_cache import _weights_digest
+from drfast.encode.corpus_cache import weights_digest
 from drfast.encode.encoders import Encoder
 
 
@@ -387,7 +387,7 @@ def model_digest(model: torch.nn.Module) -> str:
     """The weights, and the settings of every drfast Encoder in `model` (pooling, normalisation, max length)."""
     settings = [[name, m.pooling, m.normalize, m.max_length, m.do_lower_case]
                 for name, m in model.named_modules() if isinstance(m, Encoder)]
-    return digest(_weights_digest(model), settings)
+    return digest(weights_digest(model), settings)
 
 
 def sample_rows(n: int, count: int = 1024) -> np.ndarray:
