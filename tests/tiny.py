@@ -3,6 +3,7 @@ import json
 import os
 import string
 
+import numpy as np
 import torch
 
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "retrieval", "dense", "query", "document"]
@@ -49,3 +50,20 @@ def make_tiny_beir(folder, rng, n_docs=60, n_queries=12, splits=("train", "test"
                 for d, g in zip(docs, grades):
                     f.write(f"q{i}\td{d}\t{g}\n")
     return str(folder)
+
+
+class ListCorpus:
+    """An in-memory corpus with the members trainers use (doc_ids "d0".., rows(ids), texts(rows), len)."""
+
+    def __init__(self, texts):
+        self._texts = list(texts)
+        self.doc_ids = [f"d{i}" for i in range(len(texts))]
+
+    def __len__(self):
+        return len(self._texts)
+
+    def rows(self, ids):
+        return np.array([int(i[1:]) for i in ids], np.int64)
+
+    def texts(self, rows):
+        return [self._texts[int(r)] for r in rows]

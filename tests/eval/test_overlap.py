@@ -216,7 +216,7 @@ def test_resume_keeps_one_step_zero_and_the_same_result(tiny_model, tmp_path):
 
 
 def test_star_trainer_gets_a_reencoded_index(rng, tmp_path):
-    from test_star import ListCorpus
+    from tiny import ListCorpus
 
     torch.manual_seed(0)
     model = BiEncoder.load(make_tiny_hf_folder(tmp_path / "m"), pooling="mean")

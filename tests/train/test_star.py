@@ -7,7 +7,7 @@ import torch
 
 from drfast.encode.encoders import BiEncoder
 from drfast.train.star import METHODS, StarConfig, StarTrainer, star_batch_loss
-from tiny import WORDS, make_tiny_hf_folder
+from tiny import WORDS, ListCorpus, make_tiny_hf_folder
 
 
 def reference_loss(q, docs, pos_col, neg_cols, known_pos, method, alpha, scale):
@@ -59,21 +59,6 @@ def test_masks_on_a_hand_built_batch():
     # in-batch: everything but the own hard negative and known positives.
     inbatch = (sp(1) + sp(-1) + sp(2)) / 3
     assert float(star_batch_loss(q, docs, pos_col, neg_cols, known_pos, "inbatch")) == pytest.approx(inbatch)
-
-
-class ListCorpus:
-    def __init__(self, texts):
-        self._texts = list(texts)
-        self.doc_ids = [f"d{i}" for i in range(len(texts))]
-
-    def __len__(self):
-        return len(self._texts)
-
-    def rows(self, ids):
-        return np.array([int(i[1:]) for i in ids], np.int64)
-
-    def texts(self, rows):
-        return [self._texts[int(r)] for r in rows]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from drfast.common.atomic import write_file_atomic
+
 __all__ = ["plot_run", "find_train_log", "read_train_log", "save_figure"]
 
 # (panel title, y label, [(log key, legend label, line style)])
@@ -110,14 +112,7 @@ def save_figure(fig, out: Path) -> Path:
     if fmt not in fig.canvas.get_supported_filetypes():
         raise ValueError(f"output: {out} has an image format matplotlib cannot write ({fmt!r}); use .png, .pdf "
                          "or .svg")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, out)  # a reader never sees half an image
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_file_atomic(out, lambda f: fig.savefig(f, format=fmt, dpi=120))  # never half an image
 
 
 # ---- Figure 3 ------------------------------------------------------------------------------------

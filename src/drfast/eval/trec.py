@@ -21,13 +21,13 @@ The vectorised path used during training, from the exact corpus ranks alone, is
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
+
+from drfast.common.atomic import write_text_atomic
 
 __all__ = [
     "evaluate",
@@ -174,21 +174,8 @@ def write_trec_run(path, run, tag="drfast") -> None:
             _check_token(f"docid of query {qid!r}", docid)
             lines.append(f"{qid} Q0 {docid} {rank} {float(docs[docid])!r} {tag}\n")
 
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Temp file in the target directory so os.replace is an atomic rename on the same filesystem:
-    # a crash leaves either the old file or the complete new one, never half a run.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".run")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # a crash leaves either the old file or the complete new one, never half a run
+    write_text_atomic(path, "".join(lines))
 
 
 def read_trec_run(path) -> dict[str, dict[str, float]]:
