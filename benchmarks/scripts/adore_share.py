@@ -9,8 +9,6 @@ The corpus is encoded once through drfast's cache (about 2.5 minutes the first t
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -19,12 +17,11 @@ from drfast.data import load_beir
 from drfast.encode import DEFAULT_CACHE, BiEncoder, encode_corpus
 from drfast.train import AdoreConfig, AdoreTrainer
 
+from benchmarks.scripts import script_parser
+
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[2]  # the repository root
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()

@@ -9,7 +9,6 @@ Runs the two encoders one after the other in this process (about 5 minutes for S
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +19,11 @@ import torch
 from drfast.data import Corpus
 from drfast.encode import Encoder, encode_corpus, resolve_model
 
+from benchmarks.scripts import script_parser
+
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[2]  # the repository root
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser = script_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 

@@ -12,13 +12,14 @@ each result against the index of its own document tower. Prints a markdown table
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from drfast.eval import evaluate, paired_ttest, read_trec_run
 from drfast.pipelines import run_adore, run_star
 from drfast.train import AdoreConfig, StarConfig
+
+from benchmarks.scripts import script_parser
 
 METHODS = [("In-Batch", "inbatch", "model"), ("Rand Neg", "randneg", "model"), ("Static (BM25)", "static", "bm25"),
            ("STAR", "star", "model"), ("TriSampler", "trisampler", "model")]
@@ -29,10 +30,7 @@ def per_query(run_dir: Path, qrels) -> dict:
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[2]  # the repository root
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(here.parent / "shared" / "data" / "scifact"))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser = script_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/table2")
