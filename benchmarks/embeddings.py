@@ -45,10 +45,12 @@ class RealisticSpace:
         return _unit(0.66 * self.mean + low + noise)
 
 
-def realistic_rows(n: int, d: int = D, seed: int = 0, dtype=np.float32, chunk: int = 1 << 16, dup: float = 0.02):
-    """[n, d] unit-norm anisotropic clustered rows (see the module docstring) and the generator's space."""
+def realistic_rows(n: int, d: int = D, seed: int = 0, dtype=np.float32, chunk: int = 1 << 16, dup: float = 0.02,
+                   out: np.ndarray | None = None):
+    """[n, d] unit-norm anisotropic clustered rows (see the module docstring) and the generator's space;
+    written into `out` when given (e.g. a memory-mapped .npy larger than memory)."""
     space = RealisticSpace(d, seed)
-    out = np.empty((n, d), dtype)
+    out = np.empty((n, d), dtype) if out is None else out
     for i in range(0, n, chunk):
         out[i : i + chunk] = space.sample(min(chunk, n - i)).numpy()
     rng = np.random.default_rng(seed + 7)

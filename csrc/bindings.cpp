@@ -55,15 +55,27 @@ void check_positives_host(const SearchInput& in) {
   DRFAST_CHECK(in.pos_offsets[0] == 0, "pos_offsets[0] must be 0");
   for (int64_t b = 0; b < in.B; ++b)
     DRFAST_CHECK(in.pos_offsets[b + 1] >= in.pos_offsets[b], "pos_offsets must be non-decreasing");
+  if (in.pos_scores_in) return;  // given scores: no positive row is read, any id is fine
   for (int64_t i = 0; i < in.pos_offsets[in.B]; ++i)
     DRFAST_CHECK(in.pos_ids[i] >= 0 && in.pos_ids[i] < in.N, "pos_ids: row id out of range");
+}
+
+// The optional given positive scores (SearchInput::pos_scores_in): float32 [nnz], without pair weights.
+void set_given_scores(SearchInput& in, const py::object& pos_scores_in, py::array& keep_alive) {
+  if (pos_scores_in.is_none()) return;
+  keep_alive = pos_scores_in.cast<py::array>();
+  check_array(keep_alive, "pos_scores_in", 'f', 4, 1);
+  DRFAST_CHECK(keep_alive.shape(0) == in.pos_offsets[in.B], "pos_scores_in: expected [nnz] entries");
+  DRFAST_CHECK(in.cutoff == 0, "pos_scores_in: not with cutoff > 0");
+  in.pos_scores_in = static_cast<const float*>(keep_alive.data());
 }
 
 // Checks of the positives and outputs shared by the flat and PQ entry points; fills `in`'s
 // positives and `out`.
 void check_positives_and_outputs(SearchInput& in, py::array& pos_offsets, py::array& pos_ids, py::array& ids,
                                  py::array& scores, py::array& pos_scores, py::array& pos_ranks,
-                                 py::object& pair_weights, SearchOutput& out) {
+                                 py::object& pair_weights, SearchOutput& out, const py::object& pos_scores_in,
+                                 py::array& given) {
   check_array(pos_offsets, "pos_offsets", 'i', 8, 1);
   check_array(pos_ids, "pos_ids", 'i', 8, 1);
   check_array(ids, "ids", 'i', 8, 2);
@@ -75,6 +87,7 @@ void check_positives_and_outputs(SearchInput& in, py::array& pos_offsets, py::ar
   in.pos_offsets = static_cast<const int64_t*>(pos_offsets.data());
   in.pos_ids = static_cast<const int64_t*>(pos_ids.data());
   DRFAST_CHECK(in.pos_offsets[in.B] == pos_ids.shape(0), "pos_ids: length differs from pos_offsets[B]");
+  set_given_scores(in, pos_scores_in, given);
   check_positives_host(in);
   const int64_t nnz = pos_ids.shape(0), k = in.k;
   DRFAST_CHECK(ids.shape(0) == in.B && ids.shape(1) == k, "ids: expected shape [B, k]");
@@ -112,17 +125,19 @@ SearchInput flat_input(py::array queries, py::array docs, int64_t k, int64_t cut
 
 void flat_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
                      int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
-                     py::object pair_weights) {
+                     py::object pair_weights, py::object pos_scores_in) {
   SearchInput in = flat_input(queries, docs, k, cutoff);
   SearchOutput out;
-  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
+  py::array given;
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out,
+                              pos_scores_in, given);
   py::gil_scoped_release release;
   drfast::flat_search(in, out);
 }
 
 void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_offsets, py::array pos_ids,
                    int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
-                   py::object pair_weights) {
+                   py::object pair_weights, py::object pos_scores_in) {
   check_array(luts, "luts", 'f', 4, 3);
   check_array(codes, "codes", 'u', 1, 2);
   DRFAST_CHECK(luts.shape(2) == 256, "luts: expected shape [B, m, 256]");
@@ -135,7 +150,9 @@ void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_off
   in.k = k;
   in.cutoff = cutoff;
   SearchOutput out;
-  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
+  py::array given;
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out,
+                              pos_scores_in, given);
   py::gil_scoped_release release;
   drfast::pq_search(in, static_cast<const float*>(luts.data()), static_cast<const uint8_t*>(codes.data()),
                     luts.shape(1), out);
@@ -149,10 +166,13 @@ void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_off
 void two_stage_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
                           int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
                           py::object pair_weights, int kind, py::array qcodes, py::array qparams, py::array codes,
-                          py::array rstats, py::array rsums, py::object refine, py::array work_q, py::array work_p) {
+                          py::array rstats, py::array rsums, py::object refine, py::array work_q, py::array work_p,
+                          py::object pos_scores_in) {
   SearchInput in = flat_input(queries, docs, k, cutoff);
   SearchOutput out;
-  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out);
+  py::array given;
+  check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out,
+                              pos_scores_in, given);
   DRFAST_CHECK(kind == drfast::kFpKindInt8 || kind == drfast::kFpKindBf16, "kind: expected 0 (int8) or 1 (bf16)");
   const bool int8 = kind == drfast::kFpKindInt8;
   const int64_t esize = int8 ? 1 : 2, dp = (in.d * esize + drfast::kFpAlign - 1) / drfast::kFpAlign * drfast::kFpAlign / esize;
@@ -224,6 +244,45 @@ void two_stage_search_cpu(py::array queries, py::array docs, int64_t k, py::arra
   drfast::two_stage_search(in, fp, rv, out, st);
 }
 
+// The positives' CSR and the [nnz] float32 output of the score-positives entries; fills `in`.
+float* positives_for_scoring(SearchInput& in, py::array& pos_offsets, py::array& pos_ids, py::array& pos_scores) {
+  check_array(pos_offsets, "pos_offsets", 'i', 8, 1);
+  check_array(pos_ids, "pos_ids", 'i', 8, 1);
+  check_array(pos_scores, "pos_scores", 'f', 4, 1);
+  DRFAST_CHECK(in.B >= 0 && pos_offsets.shape(0) == in.B + 1, "pos_offsets: expected B + 1 entries");
+  in.pos_offsets = static_cast<const int64_t*>(pos_offsets.data());
+  in.pos_ids = static_cast<const int64_t*>(pos_ids.data());
+  DRFAST_CHECK(in.pos_offsets[in.B] == pos_ids.shape(0), "pos_ids: length differs from pos_offsets[B]");
+  DRFAST_CHECK(pos_scores.shape(0) == pos_ids.shape(0), "pos_scores: expected [nnz] entries");
+  check_positives_host(in);
+  return mutable_data<float>(pos_scores, "pos_scores");
+}
+
+void flat_score_positives_cpu(py::array queries, py::array docs, py::array pos_offsets, py::array pos_ids,
+                              py::array pos_scores) {
+  SearchInput in = flat_input(queries, docs, 1, 0);
+  DRFAST_CHECK(in.N >= 1 && in.d >= 1, "docs: need at least one row and one column");
+  float* out = positives_for_scoring(in, pos_offsets, pos_ids, pos_scores);
+  py::gil_scoped_release release;
+  drfast::flat_score_positives(in, out);
+}
+
+void pq_score_positives_cpu(py::array luts, py::array codes, py::array pos_offsets, py::array pos_ids,
+                            py::array pos_scores) {
+  check_array(luts, "luts", 'f', 4, 3);
+  check_array(codes, "codes", 'u', 1, 2);
+  DRFAST_CHECK(luts.shape(2) == 256, "luts: expected shape [B, m, 256]");
+  DRFAST_CHECK(codes.shape(1) == luts.shape(1) && luts.shape(1) >= 1, "codes: expected shape [N, m] with the luts' m");
+  SearchInput in;
+  in.B = luts.shape(0);
+  in.d = luts.shape(1);
+  in.N = codes.shape(0);
+  float* out = positives_for_scoring(in, pos_offsets, pos_ids, pos_scores);
+  py::gil_scoped_release release;
+  drfast::pq_score_positives(in, static_cast<const float*>(luts.data()), static_cast<const uint8_t*>(codes.data()),
+                             luts.shape(1), out);
+}
+
 #ifdef DRFAST_WITH_CUDA
 SearchOutput device_outputs(uintptr_t ids, uintptr_t scores, uintptr_t pos_scores, uintptr_t pos_ranks,
                             uintptr_t pair_weights) {
@@ -283,17 +342,24 @@ PYBIND11_MODULE(_C, m) {
   m.def("flat_search", &flat_search_cpu, "Fused flat search on the CPU (outputs preallocated)",
         py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
-        py::arg("pair_weights") = py::none());
+        py::arg("pair_weights") = py::none(), py::arg("pos_scores_in") = py::none());
   m.def("pq_search", &pq_search_cpu, "Fused PQ search on the CPU from per-query lookup tables (outputs preallocated)",
         py::arg("luts"), py::arg("codes"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
-        py::arg("pair_weights") = py::none());
+        py::arg("pair_weights") = py::none(), py::arg("pos_scores_in") = py::none());
   m.def("two_stage_search", &two_stage_search_cpu,
         "Exact two-stage flat search on the CPU: low-precision first pass with proven bounds, exact rescoring",
         py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
         py::arg("pair_weights"), py::arg("kind"), py::arg("qcodes"), py::arg("qparams"), py::arg("codes"),
-        py::arg("rstats"), py::arg("rsums"), py::arg("refine"), py::arg("work_q"), py::arg("work_p"));
+        py::arg("rstats"), py::arg("rsums"), py::arg("refine"), py::arg("work_q"), py::arg("work_p"),
+        py::arg("pos_scores_in") = py::none());
+  m.def("flat_score_positives", &flat_score_positives_cpu,
+        "The positives' scores alone, bit-identical to flat_search's (the sharded search's owner scores)",
+        py::arg("queries"), py::arg("docs"), py::arg("pos_offsets"), py::arg("pos_ids"), py::arg("pos_scores"));
+  m.def("pq_score_positives", &pq_score_positives_cpu,
+        "The positives' scores alone, bit-identical to pq_search's (the sharded search's owner scores)",
+        py::arg("luts"), py::arg("codes"), py::arg("pos_offsets"), py::arg("pos_ids"), py::arg("pos_scores"));
   m.def("first_pass_kernels", []() { return std::string(drfast::active_first_pass().name); });
   m.def("fast_first_pass_kinds", []() { return std::string(drfast::fast_first_pass_kinds()); });
   m.def("simd_level", []() { return std::string(drfast::simd_level()); });

@@ -58,7 +58,7 @@ def test_seeds_and_batch_sizes_are_named_by_what_they_control():
               for flag in ("--seed", "--index-seed", "--batch-size", "--encode-batch-size", "--query-batch-size")}
     assert having["--seed"] == {"adore", "star", "mine", "demo", "check"}  # the run's own random draws
     assert having["--index-seed"] == {"index", "evaluate", "search", "errors", "adore", "demo"}  # PQ codebooks
-    assert having["--batch-size"] == {"adore", "star"}  # training queries per micro-batch
+    assert having["--batch-size"] == {"adore", "star", "plan"}  # training queries per micro-batch (plan: of the run planned)
     assert having["--encode-batch-size"] == {"encode", "index", "evaluate", "search", "errors", "mine", "adore",
                                              "star"}
     assert having["--query-batch-size"] == {"evaluate", "search", "errors", "mine"}

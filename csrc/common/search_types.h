@@ -17,6 +17,13 @@ struct SearchInput {
   const int64_t* pos_offsets = nullptr;  // [B + 1] CSR offsets, pos_offsets[0] == 0
   const int64_t* pos_ids = nullptr;      // [nnz] row ids in [0, N), unique within a query
   int64_t cutoff = 0;                 // > 0: compute ΔMRR pair weights at this cutoff
+  // Optional [nnz]: the positives' scores, given (the sharded search: the shard owning a positive
+  // scored it with the same arithmetic). The kernel then copies them to out.pos_scores, reads no
+  // positive row, and pos_ids may lie outside [0, N): a row r ranks before positive p when
+  // s_r > s_p, or s_r == s_p and r < p, so a positive of another shard passed as the local id
+  // p_global - row_offset gets the tie rule of the global row order. Not with cutoff > 0 (the pair
+  // weights compare positives with the local top-k). nullptr: computed as the scan computes them.
+  const float* pos_scores_in = nullptr;
 };
 
 // Outputs, written by the kernel (callers may poison them beforehand).

@@ -51,4 +51,10 @@ void flat_search(const SearchInput& in, const SearchOutput& out) {
   fused_scan(in, out, scorer, isa, num_threads());
 }
 
+void flat_score_positives(const SearchInput& in, float* pos_scores) {
+  const IsaKernels& isa = active_isa();
+  const FlatScorer scorer(in, isa);
+  score_positives_only(in, pos_scores, scorer, num_threads());
+}
+
 }  // namespace drfast

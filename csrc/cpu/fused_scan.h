@@ -119,6 +119,40 @@ struct ScanBuffers {
   std::vector<int64_t> counts;                    // [T][nnz] rows ranking before each positive
 };
 
+// out[i] = the score of positive i (in.pos_scores_in[i] when given), with the scan's own pair
+// scorer; pos_query [nnz] receives each positive's query. scratch: at least T per-thread scratches.
+template <class Scorer>
+void score_positives(const SearchInput& in, float* out, const Scorer& scorer,
+                     std::vector<typename Scorer::Scratch>& scratch, int64_t* pos_query, int T) {
+  const int64_t nnz = in.pos_offsets[in.B];
+  for (int64_t b = 0; b < in.B; ++b)
+    for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query[i] = b;
+  if (in.pos_scores_in) {
+    std::copy(in.pos_scores_in, in.pos_scores_in + nnz, out);
+    return;
+  }
+#pragma omp parallel num_threads(T)
+  {
+    auto& s = scratch[omp_get_thread_num()];
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nnz; ++i) out[i] = scorer.score_pair(s, pos_query[i], in.pos_ids[i]);
+  }
+}
+
+// The positives' scores alone (no scan): the scores fused_scan would give them, bit for bit.
+template <class Scorer>
+void score_positives_only(const SearchInput& in, float* out, const Scorer& scorer, int threads) {
+  const int64_t nnz = in.pos_offsets[in.B];
+  const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, nnz)));
+  std::vector<typename Scorer::Scratch> scratch;
+  scratch.reserve(T);
+  for (int t = 0; t < T; ++t) scratch.push_back(scorer.make_scratch());
+  std::vector<int64_t> pos_query(nnz);
+  SearchInput computed = in;
+  computed.pos_scores_in = nullptr;
+  score_positives(computed, out, scorer, scratch, pos_query.data(), T);
+}
+
 template <class Scorer>
 void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& scorer, const IsaKernels& isa,
                 int threads) {
@@ -131,16 +165,8 @@ void fused_scan(const SearchInput& in, const SearchOutput& out, const Scorer& sc
   std::vector<int64_t> pos_query(nnz);
   ScanBuffers<Scorer> buf(scorer, T, B, nnz, nb_max, kept, cap);
 
-  // 1. Positive scores first: the scan compares every row against them.
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query[i] = b;
-#pragma omp parallel num_threads(T)
-  {
-    auto& scratch = buf.scratch[omp_get_thread_num()];
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < nnz; ++i)
-      out.pos_scores[i] = scorer.score_pair(scratch, pos_query[i], in.pos_ids[i]);
-  }
+  // 1. Positive scores first (or the given ones): the scan compares every row against them.
+  score_positives(in, out.pos_scores, scorer, buf.scratch, pos_query.data(), T);
 
   // 2. One pass over the rows; each thread keeps its own candidates and counts.
   // Within a thread blocks come in ascending row order (TopKBuffer relies on it).

@@ -37,4 +37,11 @@ void pq_search(const SearchInput& in, const float* luts, const uint8_t* codes, i
   fused_scan(in, out, scorer, isa, num_threads());
 }
 
+void pq_score_positives(const SearchInput& in, const float* luts, const uint8_t* codes, int64_t m,
+                        float* pos_scores) {
+  const IsaKernels& isa = active_isa();
+  const PQScorer scorer(PQView{luts, in.B, m, codes}, isa);
+  score_positives_only(in, pos_scores, scorer, num_threads());
+}
+
 }  // namespace drfast

@@ -202,15 +202,19 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
   std::vector<int64_t> pos_query(nnz);
   Buffers buf(T, B, nnz, d16, kept, cap);
 
-  // 1. Positive scores, exactly as the exact scan computes them.
+  // 1. Positive scores, exactly as the exact scan computes them (or given).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query[i] = b;
+  if (in.pos_scores_in) {  // given (sharded search): no positive row is read
+    std::copy(in.pos_scores_in, in.pos_scores_in + nnz, out.pos_scores);
+  } else {
 #pragma omp parallel num_threads(T)
-  {
-    float* scratch = buf.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16;
+    {
+      float* scratch = buf.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16;
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < nnz; ++i)
-      out.pos_scores[i] = isa.flat_score_pair(exact, scratch, pos_query[i], in.pos_ids[i]);
+      for (int64_t i = 0; i < nnz; ++i)
+        out.pos_scores[i] = isa.flat_score_pair(exact, scratch, pos_query[i], in.pos_ids[i]);
+    }
   }
 
   // 2. One pass over the codes; per thread: exact top-k candidates, rank counts, work counters.

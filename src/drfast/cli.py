@@ -24,12 +24,16 @@ import numpy as np
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int, check_optional_int
 from drfast.common.dataclass_args import add_arguments, from_args, option
+from drfast.common.sizes import parse_count, parse_optional_size
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
 from drfast.encode.encoders import BiEncoder, Encoder
 from drfast.eval.plots import plot_run
 from drfast.eval.trec import write_trec_run
+from drfast.common.timing import timed
+from drfast.index.embedding_files import open_embeddings, read_doc_ids
 from drfast.index.flat import FlatIndex
+from drfast.index.spec import build_index
 from drfast.negatives.mining import MiningConfig, format_statistics, score_statistics, write_mined
 from drfast.pipelines.adore import run_adore
 from drfast.pipelines.corpus import corpus_index
@@ -37,6 +41,7 @@ from drfast.pipelines.demo import run_demo
 from drfast.pipelines.errors import run_errors
 from drfast.pipelines.evaluate import evaluate_model
 from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir, check_output_file
+from drfast.pipelines.memory_plan import plan_memory
 from drfast.pipelines.mine import mine_split
 from drfast.pipelines.star import run_star
 from drfast.search import build_info
@@ -117,6 +122,11 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    if args.embeddings is not None or args.doc_ids is not None:
+        return _index_from_files(args)
+    if args.data is None or args.model is None:
+        raise ValueError(f"{'data' if args.data is None else 'model'}: required: give --data and --model (encode a "
+                         "BEIR corpus) or --embeddings and --doc-ids (your own embeddings)")
     check_beir(args.data)
     dim = check_model(args.model, **_encoder_options(args))
     check_index_spec(args.index, dim)
@@ -132,10 +142,43 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_from_files(args: argparse.Namespace) -> int:
+    """`drfast index --embeddings FILE --doc-ids FILE`: an index of the user's own embeddings, read
+    memory-mapped (a flat index keeps them so; PQ samples its training rows and encodes in chunks)."""
+    for given, other in (("data", "embeddings"), ("model", "embeddings")):
+        if getattr(args, given) is not None:
+            raise ValueError(f"{other}: give either --embeddings and --doc-ids (your own embeddings) or --data and "
+                             f"--model (encode a BEIR corpus), not both")
+    for name, other in (("embeddings", "--doc-ids"), ("doc_ids", "--embeddings")):
+        if getattr(args, name) is None:
+            raise ValueError(f"{name}: required with {other}")
+    emb = open_embeddings(args.embeddings)
+    doc_ids = read_doc_ids(args.doc_ids, expected=emb.shape[0])
+    check_index_spec(args.index, emb.shape[1], emb.shape[0])
+    timings: dict = {}
+    try:
+        with timed(timings, "build_index_s"):
+            index = build_index(emb, doc_ids, args.index, args.index_seed, _first_pass(args))
+    except ValueError as e:  # the index's own check of the rows (NaN or Inf)
+        if str(e).startswith("emb: contains"):
+            raise ValueError(f"embeddings: {args.embeddings}{str(e)[4:]}") from None
+        raise
+    with timed(timings, "save_s"):
+        index.save(args.output)
+    print(f"{index!r} saved to {args.output} ({timings})")
+    return 0
+
+
 def _evaluate_model(args: argparse.Namespace) -> dict:
     return evaluate_model(args.data, args.model, split=args.split, query_model=args.query_model,
                           index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
-                          index_seed=args.index_seed, first_pass=_first_pass(args), **_corpus_options(args))
+                          index_seed=args.index_seed, first_pass=_first_pass(args), index_dir=args.index_dir,
+                          **_corpus_options(args))
+
+
+def _searched(args: argparse.Namespace) -> str:
+    """What a command searched, for its printout: the --index spec or the --index-dir folder."""
+    return f"{args.index} index" if args.index_dir is None else f"index {args.index_dir}"
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -155,7 +198,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     timings = dict(result["timings"], total_s=round(time.perf_counter() - t0, 3))
     write_json_atomic(out / "metrics.json", {"metrics": result["metrics"], "config": config, "timings": timings,
                                              "per_query": result["per_query"]})
-    _print_metrics(f"{args.model} on {args.data} ({args.split}, {args.index} index):", result["metrics"])
+    _print_metrics(f"{args.query_model or args.model if args.index_dir else args.model} on {args.data} "
+                   f"({args.split}, {_searched(args)}):", result["metrics"])
     print(f"metrics, per-query values and the run in {out}/")
     return 0
 
@@ -165,10 +209,12 @@ def _adore(args: argparse.Namespace) -> int:
                        eval_split=args.eval_split, config=from_args(AdoreConfig, args), query_model=args.query_model,
                        index_seed=args.index_seed, first_pass=_first_pass(args), also_evaluate_on=args.also_evaluate_on,
                        eval_every=args.eval_every, overlap_every=args.overlap_every, device=args.device,
-                       resume=args.resume, overwrite=args.overwrite, **_corpus_options(args))
+                       resume=args.resume, overwrite=args.overwrite, index_dir=args.index_dir,
+                       gpu_memory=args.gpu_memory, ignore_plan=args.ignore_plan,
+                       **_corpus_options(args))
     method = "ADORE + trained centroids (JPQ)" if args.train_centroids else "ADORE"
-    _print_table(f"{method} on {args.index} ({args.eval_split} split)", {"before": report["before"],
-                                                                         "after": report["after"]})
+    _print_table(f"{method} on {args.index if args.index_dir is None else args.index_dir} ({args.eval_split} split)",
+                 {"before": report["before"], "after": report["after"]})
     saved = "query encoder, trained index (index/)" if args.train_centroids else "query encoder"
     print(f"{saved}, metrics.json and the run log in {args.output}/")
     return 0
@@ -200,7 +246,7 @@ def _mine(args: argparse.Namespace) -> int:
                        dtype=args.dtype, encode_batch_size=args.encode_batch_size,
                        query_batch_size=args.query_batch_size, first_pass=_first_pass(args))
     print(format_statistics(score_statistics(mined)))
-    n = write_mined(args.output, data.queries, data.positives, mined, list(data.corpus.doc_ids))
+    n = write_mined(args.output, data.queries, data.positives, mined, data.corpus.doc_ids)  # a DocIdMap, no list
     print(f"{n} training examples written to {args.output}")
     return 0
 
@@ -208,9 +254,10 @@ def _mine(args: argparse.Namespace) -> int:
 def _errors(args: argparse.Namespace) -> int:
     report = run_errors(args.data, args.model, args.output, split=args.split, query_model=args.query_model,
                         index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
-                        index_seed=args.index_seed, first_pass=_first_pass(args), **_corpus_options(args))
+                        index_seed=args.index_seed, first_pass=_first_pass(args), index_dir=args.index_dir,
+                        **_corpus_options(args))
     s = report["summary"]
-    print(f"pairwise errors of {args.query_model or args.model} on {args.data} ({args.split}, {args.index} index, "
+    print(f"pairwise errors of {args.query_model or args.model} on {args.data} ({args.split}, {_searched(args)}, "
           f"{s['queries']} queries with positives):")
     print(f"  mean total errors per query  {s['mean_total_errors']:,.2f}")
     print(f"  mean top-{s['k']} errors per query  {s['mean_topk_errors']:,.2f}")
@@ -218,6 +265,19 @@ def _errors(args: argparse.Namespace) -> int:
     print(f"  share of total errors from the hardest queries: {hardest}")
     print(f"errors.json and errors.png in {args.output}/")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Where each part of an ADORE / JPQ run would live and whether it fits; exit status 1 when it does not."""
+    if (args.model is None) == (args.model_params is None):
+        raise ValueError("model: give --model or --model-params (one of the two)")
+    plan = plan_memory(docs=args.docs, dim=args.dim, index=args.index, first_pass=_first_pass(args), model=args.model,
+                       model_params=args.model_params, batch_size=args.batch_size, k=args.k,
+                       query_max_length=args.query_max_length, gpu_memory=args.gpu_memory,
+                       host_memory=args.host_memory, dtype=args.dtype, amp=args.amp,
+                       train_centroids=args.train_centroids)
+    print(plan.to_json() if args.json else plan.table())
+    return 0 if plan.fits else 1
 
 
 def _print_table(title: str, rows: dict) -> None:
@@ -253,6 +313,14 @@ class Options:
     eval_split: str = option("test", "the BEIR split to evaluate on, before and after training")
     index: str = option("flat", "the index: flat | pq:M | opq:M (adore: the one trained against)", metavar="SPEC")
     index_seed: int = option(0, "seed of the PQ / OPQ codebook training")
+    embeddings: Optional[str] = option(None, "your own document embeddings, instead of --data and --model: a .npy "
+                                             "file (float32 or float16 [N, d], read memory-mapped) or a DiskANN "
+                                             ".fbin (float32) / .f16bin (float16) file", metavar="FILE")
+    doc_ids: Optional[str] = option(None, "the document ids of the --embeddings rows, one per line", metavar="FILE")
+    index_dir: Optional[str] = option(None, "search a saved drfast index (drfast index; adore --train-centroids: "
+                                            "OUTPUT/index) instead of encoding the corpus: --data needs only "
+                                            "queries.jsonl and qrels/, the query encoder is --query-model, else "
+                                            "--model", metavar="DIR")
     first_pass: str = option("none", "the exact two-stage search of a flat index: a low-precision first pass "
                                      "(int8: AVX-512 VNNI, bf16: AVX512_BF16, auto: the best this CPU runs fast) "
                                      "with proven error bounds, then exact rescoring; results are bit-identical to "
@@ -277,9 +345,21 @@ class Options:
                                  "data differ (--save-every, --log-every and --tensorboard may change)")
     overwrite: bool = option(False, "start over in an OUTPUT that holds an earlier run's checkpoint")
     pq: int = option(48, "sub-vectors of the demo's PQ index", metavar="M")
-    docs: int = option(200_000, "rows of the random corpus", metavar="N")
-    dim: int = option(768, "dimension of the random vectors", metavar="D")
+    docs: int = option(200_000, "rows of the corpus (check: of the random corpus; plan: documents to plan for)",
+                       metavar="N")
+    dim: int = option(768, "dimension of the vectors (check: random ones; plan: the embeddings')", metavar="D")
     batch: int = option(32, "random queries in the batch", metavar="B")
+    model_params: Optional[str] = option(None, "parameters of the encoder instead of --model, e.g. 125M or "
+                                               "110000000 (the layers of the known model nearest in size are assumed)",
+                                         metavar="COUNT")
+    gpu_memory: Optional[str] = option(None, "GPU memory to plan for, e.g. 11GB (10^9 bytes), 11GiB (2^30) or bytes; "
+                                             "0: no GPU (default: the free memory of the CUDA device, if any)",
+                                       metavar="SIZE")
+    host_memory: Optional[str] = option(None, "host RAM to plan for, e.g. 24GB (default: this machine's available "
+                                              "memory)", metavar="SIZE")
+    ignore_plan: bool = option(False, "train even when the memory plan (printed at the start) says the run does not "
+                                      "fit")
+    json: bool = option(False, "print the plan as JSON (\"fits\", the placement and every part's bytes)")
     # one meaning of --seed in every command: the same help as TrainConfig.seed's and MiningConfig.seed's
     seed: int = option(0, "seed of every random draw of the run")
     output: Optional[str] = option(None, "where the results go: a folder (mine: a jsonl file; plot: an image, "
@@ -295,6 +375,16 @@ class Options:
         check_int(self.index_seed, "index_seed", 0, 2**31 - 1)  # faiss keeps seeds in a C int
         for name in ("query_max_length", "doc_max_length"):
             check_optional_int(getattr(self, name), name, 1)
+        for name in ("gpu_memory", "host_memory"):
+            parse_optional_size(getattr(self, name), name)
+        if self.model_params is not None:
+            parse_count(self.model_params, "model_params")
+        if self.index_dir is not None:
+            for flag, value, default in (("--index", self.index, "flat"), ("--first-pass", self.first_pass, "none"),
+                                         ("--also-evaluate-on", self.also_evaluate_on, ())):
+                if value != default:
+                    raise ValueError(f"index_dir: cannot be combined with {flag} (a saved index is searched as it "
+                                     "was saved)")
         if self.first_pass != "none" and self.index != "flat":
             raise ValueError(f"first_pass: the two-stage search is for a flat index, not --index {self.index}")
 
@@ -326,21 +416,31 @@ def build_parser() -> argparse.ArgumentParser:
                     model="all-MiniLM-L6-v2", output="drfast-demo")
     add_arguments(demo, AdoreConfig, ("epochs", "seed"))
     _command(sub, "encode", _encode, "encode a BEIR corpus with a model (cached, resumable)", INPUTS)
-    _command(sub, "index", _index, "encode a BEIR corpus and save a flat or PQ index",
-             INPUTS + ("index", "index_seed", "first_pass", "output"))
+    _command(sub, "index", _index, "encode a BEIR corpus (--data, --model) or take your own embeddings "
+                                   "(--embeddings, --doc-ids), and save a flat or PQ index",
+             INPUTS + ("embeddings", "doc_ids", "index", "index_seed", "first_pass", "output"), data=None, model=None)
     for name, func, text in (("search", _search, "retrieve a BEIR split and write OUTPUT/run.trec"),
                              ("evaluate", _evaluate, "trec_eval-exact metrics of a model on a BEIR split")):
         _command(sub, name, func, text, INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed",
-                                                  "first_pass", "k", "output"))
+                                                  "first_pass", "index_dir", "k", "output"), model=None)
     _command(sub, "errors", _errors, "pairwise errors of a model over the whole corpus (total and top-K) with their "
                                      "distribution over queries: errors.json and errors.png",
-             INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed", "first_pass", "k", "output"),
-             k=200)
+             INPUTS + ("query_model", "query_batch_size", "split", "index", "index_seed", "first_pass", "index_dir",
+                       "k", "output"), k=200, model=None)
     _command(sub, "adore", _adore, "train the query encoder with ADORE against a fixed flat or PQ index (with "
                                    "--train-centroids, the PQ centroids too: JPQ)",
-             INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "first_pass",
-                       "also_evaluate_on", "eval_every", "overlap_every", "device", "resume", "overwrite", "output"),
+             INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "first_pass", "index_dir",
+                       "also_evaluate_on", "eval_every", "overlap_every", "device", "gpu_memory", "ignore_plan",
+                       "resume", "overwrite", "output"),
              AdoreConfig)
+    plan = _command(sub, "plan", _plan, "where each part of an ADORE / JPQ training run would live (GPU, pinned host, "
+                                        "host, memory-mapped file) and whether it fits; exit status 1 when it does not",
+                    ("docs", "dim", "model", "model_params", "index", "first_pass", "gpu_memory", "host_memory", "k",
+                     "query_max_length", "dtype", "json"), docs=None, dim=None, model=None, k=200)
+    add_arguments(plan, AdoreConfig, ("batch_size", "amp", "train_centroids"))
+    for action in plan._actions:
+        if action.dest in ("docs", "dim"):
+            action.required = True
     _command(sub, "star", _star, "train both towers with STAR or a negative-sampling baseline",
              INPUTS + ("train_split", "eval_split", "negatives", "overlap_every", "resume", "overwrite", "output"),
              StarConfig)

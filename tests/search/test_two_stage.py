@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import drfast
 from drfast.search import two_stage as TS
-from reference import integer_embeddings, random_positives
+from reference import first_pass_reference, integer_embeddings, random_positives
 
 FIELDS = ("ids", "scores", "pos_offsets", "pos_ids", "pos_scores", "pos_ranks", "pair_weights")
 VARIANTS = [("int8", True), ("int8", False), ("bf16", True)]  # (kind, refine); bf16 has no refinement
@@ -312,6 +312,31 @@ def adversarial(rng, N, d, kind):
 
 
 @pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("d", [1, 5, 64, 768])
+def test_build_matches_the_float64_reference(rng, kind, d):
+    """The numba build equals the torch formulation: codes, sums and scales bit for bit; the rounded-up
+    norms within one float32 step (float64 summation order), and never below the reference's norm."""
+    x, _ = adversarial(rng, 3000, d, kind)
+    x[:7] = 0.0                                      # zero rows: scale 0, codes 0
+    x[7:20] *= np.float32(1e-38)                     # bf16 flush-to-zero and denormal float32 values
+    x[20:40] = np.round(x[20:40])                    # exact halves and integers: round-half-even cases
+    x[40:60] = (rng.integers(-2, 3, (20, d)) * 0.5 * 127 / 2).astype(np.float32)
+    for emb in (x, np.clip(x, -6e4, 6e4).astype(np.float16)):
+        ref = first_pass_reference(emb, kind, refine=True)
+        data = TS.build_first_pass(emb, kind, refine=True, chunk_rows=1024)
+        assert np.array_equal(data.codes, ref["codes"])
+        names = [("stats", data.stats)] + ([("res_stats", data.res_stats)] if kind == "int8" else [])
+        if kind == "int8":
+            assert np.array_equal(data.sums, ref["sums"]) and np.array_equal(data.res_sums, ref["res_sums"])
+            assert np.array_equal(data.res_codes, ref["res_codes"])
+        for name, got in names:
+            want = ref[name]
+            assert np.array_equal(got[0], want[0]), f"{name}: scales differ"
+            step = np.abs(np.nextafter(want[1:], np.float32(np.inf)) - want[1:])
+            assert np.all(np.abs(got[1:] - want[1:]) <= step), f"{name}: norms beyond one float32 step"
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
 @pytest.mark.parametrize("d", [3, 64, 768])
 def test_bound_never_violated(rng, kind, d):
     # Every (query, row) score the native exact scan computes lies in the first pass's [lo, hi] and,
@@ -335,3 +360,22 @@ def test_bound_never_violated(rng, kind, d):
         sd = s.reshape(-1).double()
         assert bool((lo2 <= sd).all() and (sd <= hi2).all()), "refined bound violated"
         assert float((hi2 - lo2).mean()) < float((hi - lo).double().mean()) / 20  # and much tighter
+
+
+def test_first_pass_built_into_files_is_used_as_given(rng, tmp_path):
+    """build_first_pass(alloc=...) writes into the caller's arrays (here memory-mapped files), and a
+    FlatIndex takes that copy as it is: same results as building it in memory; other rows refused."""
+    x = rng.standard_normal((3000, 40)).astype(np.float16)
+    q = rng.standard_normal((6, 40)).astype(np.float32)
+
+    def alloc(name, shape, dtype):
+        return np.lib.format.open_memmap(tmp_path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+    data = TS.build_first_pass(x, "int8", alloc=alloc)
+    assert isinstance(data.codes, np.memmap)
+    pos = random_positives(rng, 6, 3000)
+    got = drfast.FlatIndex(x, first_pass=data).search(q, k=30, positives=pos, cutoff=10)
+    want = drfast.FlatIndex(x, first_pass="int8").search(q, k=30, positives=pos, cutoff=10)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.pos_ranks, want.pos_ranks)
+    with pytest.raises(ValueError, match="first_pass: .* does not belong to 2999 rows"):
+        drfast.FlatIndex(x[:2999], first_pass=data)

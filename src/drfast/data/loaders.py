@@ -4,10 +4,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
+from drfast.common.doc_ids import DocIdMap
 from drfast.data.corpus import Corpus
 from drfast.data.parsing import DataFormatError, PathLike, _id, _json_object, _lines, _sniff_format, _string
 
@@ -112,9 +113,10 @@ def positives_from_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, list[str
 
 @dataclass
 class Dataset:
-    """A corpus, the queries of one split (those with judgments, in qrels order) and their qrels."""
+    """A corpus, the queries of one split (those with judgments, in qrels order) and their qrels.
+    `corpus` is None when the split was loaded against a saved index's ids (load_beir's `doc_ids`)."""
 
-    corpus: Corpus
+    corpus: Optional[Corpus]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     queries_path: Path
@@ -132,7 +134,8 @@ class Dataset:
         return f"Dataset(corpus={self.corpus!r}, queries={len(self.queries)}, judgments={judgments})"
 
 
-def _make_dataset(corpus: Corpus, queries_path: Path, qrels_path: Path, round_grades: bool) -> Dataset:
+def _make_dataset(corpus: Optional[Corpus], queries_path: Path, qrels_path: Path, round_grades: bool,
+                  doc_ids: Optional[DocIdMap] = None, doc_ids_source: str = "") -> Dataset:
     all_queries = load_queries(queries_path)
     qrels = load_qrels(qrels_path, round_grades)
     # A judged query or document that does not exist is a broken dataset, not a zero score.
@@ -141,11 +144,12 @@ def _make_dataset(corpus: Corpus, queries_path: Path, qrels_path: Path, round_gr
             raise DataFormatError(qrels_path, _first_line(qrels_path, "query", qid),
                                   f"query id {qid!r} is not in {queries_path}")
     docids = [d for judged in qrels.values() for d in judged]
-    missing = np.flatnonzero(corpus.doc_ids.lookup(docids) < 0)
+    known = corpus.doc_ids if doc_ids is None else doc_ids
+    missing = np.flatnonzero(known.lookup(docids) < 0)
     if missing.size:
         docid = docids[missing[0]]
         raise DataFormatError(qrels_path, _first_line(qrels_path, "doc", docid),
-                              f"document id {docid!r} is not in {corpus.path}")
+                              f"document id {docid!r} is not in {corpus.path if doc_ids is None else doc_ids_source}")
     return Dataset(corpus, {qid: all_queries[qid] for qid in qrels}, qrels, queries_path)
 
 
@@ -154,13 +158,22 @@ def beir_splits(folder: PathLike) -> list[str]:
     return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
 
 
-def load_beir(folder: PathLike, split: str, *, round_grades: bool = False) -> Dataset:
-    """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."""
+def load_beir(folder: PathLike, split: str, *, round_grades: bool = False, doc_ids: Optional[DocIdMap] = None,
+              doc_ids_source: str = "the index") -> Dataset:
+    """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+
+    With `doc_ids` (e.g. a saved index's `index.doc_ids`), corpus.jsonl is not opened (it may be
+    absent): the qrels' documents are checked against those ids instead (an unknown one is the same
+    DataFormatError, naming `doc_ids_source`), and the Dataset's corpus is None."""
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise FileNotFoundError(f"{qrels_path}: no split {split!r} in {folder}; available splits: "
                                 f"{', '.join(beir_splits(folder)) or 'none'}")
+    if doc_ids is not None:
+        if not isinstance(doc_ids, DocIdMap):
+            raise TypeError(f"doc_ids: expected a DocIdMap (an index's doc_ids), got {type(doc_ids).__name__}")
+        return _make_dataset(None, folder / "queries.jsonl", qrels_path, round_grades, doc_ids, doc_ids_source)
     return _make_dataset(Corpus(folder / "corpus.jsonl"), folder / "queries.jsonl", qrels_path, round_grades)
 
 

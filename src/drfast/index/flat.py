@@ -29,6 +29,8 @@ class FlatIndex:
     2 bytes per element for int8 (codes + the residual codes of the second bound; refine=False:
     1 byte) and 2 bytes for bf16; `index.first_pass_bytes` has the total and
     `index.last_search_stats` the work of the last search (rows refined / rescored per query).
+    `first_pass` may also be a FirstPassData built before for these rows (search.two_stage.build_first_pass,
+    e.g. into memory-mapped files with its `alloc`).
     """
 
     kind = "flat"
@@ -37,8 +39,12 @@ class FlatIndex:
                  refine: bool = True):
         self.emb = check_embeddings(emb, "emb")
         self.doc_ids = doc_id_map(doc_ids, self.emb.shape[0])
-        kind = parse_first_pass(first_pass)
-        self._first_pass: Optional[FirstPassData] = None if kind is None else build_first_pass(self.emb, kind, refine)
+        if isinstance(first_pass, FirstPassData):  # built before (e.g. into memory-mapped files)
+            first_pass.check_rows(self.emb.shape)
+            self._first_pass: Optional[FirstPassData] = first_pass
+        else:
+            kind = parse_first_pass(first_pass)
+            self._first_pass = None if kind is None else build_first_pass(self.emb, kind, refine)
         self.last_search_stats = None
 
     @property

@@ -160,9 +160,14 @@ class PQIndex:
         rows_np = check_rows(rows, self.ntotal)
         rows_t = torch.from_numpy(rows_np).to(self.device)
         codes = self.codes[rows_t] if isinstance(self.codes, torch.Tensor) else torch.from_numpy(self.codes[rows_np])
+        return self.decode(codes)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decoded vectors [n, d] float32 of uint8 codes [n, m] (a torch tensor), differentiable w.r.t.
+        `centroids` (the sharded index fetches codes from their shard and decodes them here)."""
         codes = codes.to(self.device).long()                                     # [n, m]
         parts = self.centroids[torch.arange(self.m, device=self.device), codes]  # [n, m, dsub]
-        x = parts.reshape(len(rows_np), self.dim)
+        x = parts.reshape(codes.shape[0], self.dim)
         return x if self.rotation is None else x @ self.rotation
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,

@@ -48,7 +48,6 @@ Choices made here where the description is open (every one is a `TriSamplerConfi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 

@@ -21,6 +21,8 @@ from drfast.eval.trec import evaluate
 from drfast.index.spec import build_index, parse_index_spec
 from drfast.pipelines.corpus import corpus_embeddings, corpus_index
 from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
+from drfast.pipelines.memory_plan import plan_adore_run
+from drfast.pipelines.saved_index import check_saved_index_inputs, load_saved_index_inputs
 from drfast.train.adore import AdoreConfig, AdoreTrainer
 from drfast.train.core import check_run_dir
 
@@ -33,7 +35,8 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               index_seed: int = 0, also_evaluate_on: Sequence[str] = (), eval_every: int = 0,
               overlap_every: int = 0, static_negatives: Optional[Dict[str, Sequence[str]]] = None,
               device: str = "auto", resume: bool = False, overwrite: bool = False,
-              first_pass: Optional[str] = None) -> dict:
+              first_pass: Optional[str] = None, index_dir: Optional[str | os.PathLike] = None,
+              gpu_memory: Optional[int | str] = None, ignore_plan: bool = False) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
@@ -41,7 +44,9 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     `also_evaluate_on` adds evaluations of the trained and the starting query encoder on other index
     specs (e.g. a flat-trained model on pq:48). With `config.train_centroids` (JPQ, a pq:M or opq:M
     index) the centroids are trained too: "after" is evaluated on the trained index, which is saved to
-    OUTPUT/index (drfast.load_index reads it back).
+    OUTPUT/index (drfast.load_index reads it back). With `index_dir`, a saved index (drfast.load_index,
+    memory-mapped) is trained against instead: no corpus text, no corpus encoding, `query_model` (else
+    `model`) is the starting query encoder (see drfast.pipelines.saved_index).
 
     Two hooks with periods of their own (0: off), each also run at step 0: `eval_every` logs eval_*
     metrics of the eval split; `overlap_every` logs `static_overlap` and `train_mrr10`
@@ -52,7 +57,13 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     OUTPUT/run holds the training run (config.json, train_log.jsonl, checkpoint.pt): `resume`
     continues it (refused when settings or inputs differ), `overwrite` starts it over; a run folder
     with a checkpoint and neither is refused. Every argument is checked before any model is loaded
-    or any document encoded (drfast.pipelines.inputs)."""
+    or any document encoded (drfast.pipelines.inputs).
+
+    Before any model is loaded, the memory plan (drfast.pipelines.memory_plan) is printed: a run that
+    does not fit in `gpu_memory` (bytes or "11GB"; default: the free memory of the CUDA device, when
+    one is used) or in the host's available RAM is refused unless `ignore_plan`. Its placement is
+    applied (the index on the GPU, or on the host searched by the CPU while the encoder trains on the
+    GPU) and the plan is written to metrics.json under "memory_plan"."""
     config = config or AdoreConfig()
     config.check()
     check_int(eval_every, "eval_every", 0)
@@ -61,28 +72,53 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
     output = check_output_dir(output)
     check_run_dir(output / "run", config, resume=resume, overwrite=overwrite, name="output")
-    check_beir(data_dir, train_split=train_split, eval_split=eval_split)
-    dim = check_model(model, query_model, **(encoder_options or {}))
-    specs = [("index_spec", index_spec)] + [("also_evaluate_on", spec) for spec in also_evaluate_on]
-    for name, spec in specs:
-        check_index_spec(spec, dim, name=name)
-    config.check_index_kind(parse_index_spec(index_spec)[0])
-    timings: dict = {}
-    t_all = time.perf_counter()
-    train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
-    for name, spec in specs:
-        check_index_spec(spec, dim, len(train.corpus), name)
-    if config.k > len(train.corpus):
-        raise ValueError(f"k: {config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
-    encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))  # the query tower starts from query_model
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
-                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
-    query_encoder = encoders.query_encoder
-    if encoders.shared:  # the document tower's weights must stay those of the index
-        query_encoder = copy.deepcopy(query_encoder)
+    if index_dir is not None:  # a saved index: no corpus text, no corpus encoding
+        meta = check_saved_index_inputs(data_dir, index_dir, model, query_model, encoder_options=encoder_options,
+                                        index_spec=index_spec, first_pass=first_pass,
+                                        also_evaluate_on=also_evaluate_on, train_split=train_split,
+                                        eval_split=eval_split)
+        config.check_index_kind(meta["kind"])
+        if config.k > meta["ntotal"]:
+            raise ValueError(f"k: {config.k} candidates asked but the index has only {meta['ntotal']} rows")
+        spec = meta["kind"] if meta["kind"] == "flat" else f"{'opq' if meta.get('opq') else 'pq'}:{meta['m']}"
+        plan = plan_adore_run(docs=meta["ntotal"], dim=meta["dim"], index=spec, model=query_model or model,
+                              first_pass=(meta.get("first_pass") or {}).get("kind"), config=config, device=device,
+                              gpu_memory=gpu_memory, dtype=meta.get("dtype", "float32"), document_tower=False,
+                              query_max_length=(encoder_options or {}).get("query_max_length"),
+                              ignore_plan=ignore_plan)
+        timings: dict = {}
+        t_all = time.perf_counter()
+        index, (train, test), query_encoder = load_saved_index_inputs(data_dir, index_dir, model, query_model,
+                                                                      [train_split, eval_split], encoder_options)
+    else:
+        check_beir(data_dir, train_split=train_split, eval_split=eval_split)
+        dim = check_model(model, query_model, **(encoder_options or {}))
+        specs = [("index_spec", index_spec)] + [("also_evaluate_on", spec) for spec in also_evaluate_on]
+        for name, spec in specs:
+            check_index_spec(spec, dim, name=name)
+        config.check_index_kind(parse_index_spec(index_spec)[0])
+        timings: dict = {}
+        t_all = time.perf_counter()
+        train, test = load_beir(data_dir, train_split), load_beir(data_dir, eval_split)
+        for name, spec in specs:
+            check_index_spec(spec, dim, len(train.corpus), name)
+        if config.k > len(train.corpus):
+            raise ValueError(f"k: {config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
+        plan = plan_adore_run(docs=len(train.corpus), dim=dim, index=index_spec, first_pass=first_pass,
+                              model=query_model or model, config=config, device=device, gpu_memory=gpu_memory,
+                              dtype=dtype, query_max_length=(encoder_options or {}).get("query_max_length"),
+                              doc_ids=train.corpus.doc_ids, ignore_plan=ignore_plan)
+        # the query tower starts from query_model
+        encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
+        index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
+                             dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+        query_encoder = encoders.query_encoder
+        if encoders.shared:  # the document tower's weights must stay those of the index
+            query_encoder = copy.deepcopy(query_encoder)
     if device != "cpu" and torch.cuda.is_available():  # "auto": the GPU when there is one
         query_encoder.to(device if device != "auto" else "cuda")
-        index = index.to(query_encoder.device)
+        if plan is None or plan.placement["index"] == "gpu":  # else mixed: the index stays on the host (CPU search)
+            index = index.to(query_encoder.device)
     elif device not in ("auto", "cpu"):
         raise ValueError(f"device: {device!r} asked for but torch sees no CUDA device")
 
@@ -132,13 +168,16 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     report = {"before": before, "after": after,
               "config": {"data": str(data_dir), "model": model, "query_model": query_model, "index": index_spec,
+                         "index_dir": None if index_dir is None else str(index_dir),
                          "train_split": train_split, "eval_split": eval_split, "dtype": dtype,
                          "encode_batch_size": encode_batch_size, "index_seed": index_seed, "first_pass": first_pass,
                          "also_evaluate_on": list(also_evaluate_on), "device": str(query_encoder.device),
                          "eval_every": eval_every, "overlap_every": overlap_every,
                          "score_scale_used": trainer.scale, **dataclasses.asdict(config)},
               "timings": timings}
+    report["memory_plan"] = None if plan is None else plan.to_dict()
     if extra:
         report["other_indexes"] = {spec: {"before": before_extra[spec], "after": after_extra[spec]} for spec in extra}
     write_json_atomic(output / "metrics.json", report)
     return report
+

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from drfast.common.timing import timed
-from drfast.data import Corpus
+from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
 from drfast.encode.encoders import BiEncoder
 from drfast.index.spec import build_index
+from drfast.pipelines.inputs import check_beir, check_index_spec, check_model
+from drfast.pipelines.saved_index import check_saved_index_inputs, load_saved_index_inputs
 
 PathLike = str | os.PathLike
 
@@ -37,3 +40,43 @@ def corpus_index(data_dir: Corpus | PathLike, encoders: BiEncoder, *, index_spec
                                          encode_batch_size=encode_batch_size)
     with timed(timings, "build_index_s"):
         return build_index(emb, doc_ids, index_spec, index_seed, first_pass)
+
+
+@dataclass
+class SplitIndex:
+    """One split and the index it is searched on, with its query encoder; `doc_encoder` is the
+    document tower the index was encoded with (None for a saved index)."""
+    data: Any
+    index: Any
+    query_encoder: Any
+    doc_encoder: Any = None
+
+
+def split_and_index(data_dir: PathLike, model: Optional[str], query_model: Optional[str], split: str, *,
+                    index_dir: Optional[PathLike] = None, index_spec: str = "flat", first_pass: Optional[str] = None,
+                    encoder_options: Optional[dict] = None, cache_dir: Optional[PathLike] = None,
+                    dtype: str = "float16", encode_batch_size: int = 32, index_seed: int = 0,
+                    timings: Optional[dict] = None) -> SplitIndex:
+    """What `drfast evaluate` and `errors` search: a saved index (`index_dir`: no corpus text, no
+    encoding; the query encoder is `query_model`, else `model`) or the corpus encoded by `model` into
+    `index_spec`. Every argument is checked before any model is loaded."""
+    timings = {} if timings is None else timings
+    options = encoder_options or {}
+    if index_dir is not None:
+        check_saved_index_inputs(data_dir, index_dir, model, query_model, encoder_options=options,
+                                 index_spec=index_spec, first_pass=first_pass, split=split)
+        with timed(timings, "load_index_s"):
+            index, (data,), query_encoder = load_saved_index_inputs(data_dir, index_dir, model, query_model, [split],
+                                                                   options)
+        return SplitIndex(data, index, query_encoder)
+    if model is None:
+        raise ValueError("model: required (the document encoder) unless a saved index is given (index_dir)")
+    check_beir(data_dir, split=split)
+    dim = check_model(model, query_model, **options)
+    check_index_spec(index_spec, dim)
+    data = load_beir(data_dir, split)
+    check_index_spec(index_spec, dim, len(data.corpus))
+    encoders = BiEncoder.load(model, query_model, **options)
+    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
+                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    return SplitIndex(data, index, encoders.query_encoder, encoders.doc_encoder)

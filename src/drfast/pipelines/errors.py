@@ -22,46 +22,47 @@ from drfast.common.atomic import save_npy_atomic, write_json_atomic
 from drfast.common.checks import check_int
 from drfast.common.csr import offsets_of
 from drfast.common.timing import timed
-from drfast.data import load_beir
 from drfast.encode.corpus_cache import corpus_cache_key
-from drfast.encode.encoders import BiEncoder
 from drfast.eval import error_stats as stats
 from drfast.eval.error_stats import exact_positive_ranks
 from drfast.eval.plots import plot_errors
-from drfast.pipelines.corpus import corpus_index
-from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
+from drfast.pipelines.corpus import split_and_index
+from drfast.pipelines.inputs import check_output_dir
 
 
-def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLike, *, split: str = "test",
+def run_errors(data_dir: str | os.PathLike, model: Optional[str], output: str | os.PathLike, *, split: str = "test",
                query_model: Optional[str] = None, index_spec: str = "flat", k: int = 200,
                encoder_options: Optional[dict] = None, cache_dir: Optional[str | os.PathLike] = None,
                dtype: str = "float16", encode_batch_size: int = 32, query_batch_size: int = 64,
                index_seed: int = 0, first_pass: Optional[str] = None, chunk_size: int = 4096,
-               plot: bool = True) -> dict:
+               plot: bool = True, index_dir: Optional[str | os.PathLike] = None) -> dict:
     """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
 
     Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
-    chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped."""
+    chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped.
+    With `index_dir`, a saved index is searched instead (no corpus text, no corpus encoding; see
+    pipelines.saved_index): the query encoder is `query_model`, else `model`."""
     check_int(k, "k", 1)  # every argument is checked before any model is loaded
     check_int(query_batch_size, "query_batch_size", 1)
     check_int(chunk_size, "chunk_size", 1)
     output = check_output_dir(output)
-    check_beir(data_dir, split=split)
-    dim = check_model(model, query_model, **(encoder_options or {}))
-    check_index_spec(index_spec, dim)
     timings: dict = {}
     t_all = time.perf_counter()
-    data = load_beir(data_dir, split)
-    check_index_spec(index_spec, dim, len(data.corpus))
-    encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
-                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    found = split_and_index(data_dir, model, query_model, split, index_dir=index_dir, index_spec=index_spec,
+                            first_pass=first_pass, encoder_options=encoder_options, cache_dir=cache_dir, dtype=dtype,
+                            encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    data, index, query_encoder = found.data, found.index, found.query_encoder
+    if index_dir is not None:  # the run key's document side: the saved index's files
+        doc_encoder, corpus = query_encoder, _IndexFolder(index_dir)
+    else:
+        doc_encoder, corpus = found.doc_encoder, data.corpus
     qids = sorted(data.positives)
-    rows = [data.corpus.rows(data.positives[q]).tolist() for q in qids]
+    rows = [index.doc_ids.rows(data.positives[q]).tolist() for q in qids]
 
-    work = output / f".ranks-{_run_key(encoders, data, qids, rows, index_spec, index_seed, dtype)}"
+    key = _run_key(doc_encoder, query_encoder, corpus, data, qids, rows, index_spec, index_seed, dtype)
+    work = output / f".ranks-{key}"
     with timed(timings, "ranks_s"):
-        offsets, ranks = _ranks_in_chunks(index, encoders.query_encoder, [data.queries[q] for q in qids], rows,
+        offsets, ranks = _ranks_in_chunks(index, query_encoder, [data.queries[q] for q in qids], rows,
                                           work, query_batch_size, chunk_size)
     timings["numba_compile_s"] = round(stats.compile_kernel(), 3)  # a cache load after the first run
     with timed(timings, "statistics_s"):
@@ -72,24 +73,38 @@ def run_errors(data_dir: str | os.PathLike, model: str, output: str | os.PathLik
         "summary": summary,
         "per_query": {q: {"total": int(t), "topk": int(tk)} for q, t, tk in zip(qids, result["total"], result["topk"])},
         "config": {"data": str(data_dir), "split": split, "model": model, "query_model": query_model,
-                   "index": index_spec, "k": k, "dtype": dtype, "encode_batch_size": encode_batch_size,
+                   "index": index_spec, "index_dir": None if index_dir is None else str(index_dir), "k": k,
+                   "dtype": dtype, "encode_batch_size": encode_batch_size,
                    "query_batch_size": query_batch_size, "index_seed": index_seed, "documents": index.ntotal},
         "timings": timings,
     }
     write_json_atomic(output / "errors.json", report)
     if plot:
-        label = f"{Path(query_model or model).name} on {Path(data_dir).name} {split} ({index_spec})"
+        label = (f"{Path(query_model or model).name} on {Path(data_dir).name} {split} "
+                 f"({index_spec if index_dir is None else Path(index_dir).name})")
         plot_errors(summary, output / "errors.png", label)
     for done in output.glob(".ranks-*"):  # this run's chunks, and stale ones of other inputs
         shutil.rmtree(done, ignore_errors=True)
     return report
 
 
-def _run_key(encoders, data, qids, rows, index_spec, index_seed, dtype) -> str:
-    """What the saved chunks depend on: both towers' content, the corpus, the queries, their texts and
-    positives, and the index."""
-    identity = {"documents": corpus_cache_key(encoders.doc_encoder, data.corpus, dtype),
-                "queries": corpus_cache_key(encoders.query_encoder, data.corpus, dtype),
+class _IndexFolder:
+    """A saved index folder in corpus_cache_key's terms: its fingerprint is its path and its files'
+    sizes and modification times (a saved index is always written as a new folder)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).resolve()
+
+    def fingerprint(self) -> str:
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.path.iterdir())
+        return hashlib.sha256(json.dumps([str(self.path), files]).encode()).hexdigest()[:16]
+
+
+def _run_key(doc_encoder, query_encoder, corpus, data, qids, rows, index_spec, index_seed, dtype) -> str:
+    """What the saved chunks depend on: both towers' content, the corpus (or the saved index), the
+    queries, their texts and positives, and the index."""
+    identity = {"documents": corpus_cache_key(doc_encoder, corpus, dtype),
+                "queries": corpus_cache_key(query_encoder, corpus, dtype),
                 "qids": hashlib.sha256(json.dumps([qids, [data.queries[q] for q in qids], rows]).encode()).hexdigest(),
                 "index": index_spec, "index_seed": index_seed}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -8,36 +8,36 @@ import torch
 
 from drfast.common.checks import check_int
 from drfast.common.timing import timed
-from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import DEFAULT_MEASURES, evaluate
-from drfast.pipelines.corpus import corpus_index
-from drfast.pipelines.inputs import check_beir, check_index_spec, check_model
+from drfast.pipelines.corpus import corpus_index, split_and_index
 
 PathLike = str | os.PathLike
 
 
-def evaluate_model(data_dir: PathLike, model: str, *, split: str = "test", query_model: Optional[str] = None,
+def evaluate_model(data_dir: PathLike, model: Optional[str], *, split: str = "test", query_model: Optional[str] = None,
                    index_spec: str = "flat", k: int = 100, encoder_options: Optional[dict] = None,
                    cache_dir: Optional[PathLike] = None, dtype: str = "float16", encode_batch_size: int = 32,
                    query_batch_size: int = 64, index_seed: int = 0, first_pass: Optional[str] = None,
-                   measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
+                   measures: Sequence[str] = DEFAULT_MEASURES, index_dir: Optional[PathLike] = None) -> dict:
     """Metrics of `model` (documents; and queries unless `query_model`) on a BEIR split:
-    {"metrics": {...}, "per_query": {...}, "run": {...}, "timings": {...}}."""
+    {"metrics": {...}, "per_query": {...}, "run": {...}, "timings": {...}}. With `index_dir`, a saved
+    index is searched instead (no corpus text, no corpus encoding; see pipelines.saved_index): the
+    query encoder is `query_model`, else `model`."""
     check_int(k, "k", 1)  # every argument is checked before any model is loaded
     check_int(query_batch_size, "query_batch_size", 1)
-    check_beir(data_dir, split=split)
-    dim = check_model(model, query_model, **(encoder_options or {}))
-    check_index_spec(index_spec, dim)
     timings: dict = {}
-    data = load_beir(data_dir, split)
-    check_index_spec(index_spec, dim, len(data.corpus))
-    encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
-    index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
-                         dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    found = split_and_index(data_dir, model, query_model, split, index_dir=index_dir, index_spec=index_spec,
+                            first_pass=first_pass, encoder_options=encoder_options, cache_dir=cache_dir, dtype=dtype,
+                            encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+    return _evaluate_on(found.index, found.query_encoder, found.data, k, query_batch_size, measures, timings)
+
+
+def _evaluate_on(index, query_encoder, data, k: int, query_batch_size: int, measures: Sequence[str],
+                 timings: dict) -> dict:
     with timed(timings, "retrieve_s"), torch.inference_mode():
-        run = retrieve(index, encoders.query_encoder, data.queries, k=k, batch_size=query_batch_size)
+        run = retrieve(index, query_encoder, data.queries, k=k, batch_size=query_batch_size)
     means, per_query = evaluate(run, data.qrels, measures, per_query=True)
     return {"metrics": means, "per_query": per_query, "run": run, "timings": timings}
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from drfast.common.checks import check_optional_int
 from drfast.data import beir_splits
 from drfast.encode.encoders import read_st_config, resolve_model
+from drfast.index.format import read_meta
 from drfast.index.pq import KSUB
 from drfast.index.spec import parse_index_spec
 
@@ -35,12 +36,13 @@ def check_output_file(output: PathLike, name: str = "output") -> Path:
     return output
 
 
-def check_beir(data_dir: PathLike, **splits: str) -> Path:
-    """The BEIR folder `data_dir`, with qrels/SPLIT.tsv for each keyword (the argument naming the split)."""
+def check_beir(data_dir: PathLike, corpus: bool = True, **splits: str) -> Path:
+    """The BEIR folder `data_dir`, with qrels/SPLIT.tsv for each keyword (the argument naming the split);
+    corpus.jsonl may be absent when not `corpus` (working against a saved index)."""
     folder = Path(data_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"data_dir: {folder} is not a folder ({BEIR_LAYOUT})")
-    for name in ("corpus.jsonl", "queries.jsonl"):
+    for name in ("corpus.jsonl", "queries.jsonl") if corpus else ("queries.jsonl",):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"data_dir: {folder} has no {name} ({BEIR_LAYOUT})")
     for arg, split in splits.items():
@@ -98,3 +100,23 @@ def check_index_spec(spec: str, dim: int, n_docs: Optional[int] = None, name: st
     if n_docs is not None and n_docs < KSUB:
         raise ValueError(f"{name}: {spec!r}: PQ training needs at least {KSUB} documents (one per centroid), the "
                          f"corpus has {n_docs}")
+
+
+def check_index_dir(index_dir: PathLike, dim: int, *, index_spec: str = "flat", first_pass: Optional[str] = None,
+                    also_evaluate_on: Sequence[str] = ()) -> dict:
+    """meta.json of a saved drfast index folder searched instead of an encoded corpus (no arrays are
+    read): its dimension must be the query encoder's `dim`, and the arguments that build an index
+    must keep their defaults (a saved index is searched as it was saved)."""
+    for arg, value, default in (("index_spec", index_spec, "flat"), ("first_pass", first_pass, None),
+                                ("also_evaluate_on", tuple(also_evaluate_on), ())):
+        if value != default:
+            raise ValueError(f"index_dir: a saved index is searched as it was saved; {arg}={value!r} cannot be "
+                             "combined with it")
+    try:
+        meta = read_meta(index_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"index_dir: {str(e).partition('path: ')[2] or e}") from None
+    if meta["dim"] != dim:
+        raise ValueError(f"index_dir: {index_dir} holds {meta['dim']}-dimensional rows; the query encoder's "
+                         f"dimension is {dim}")
+    return meta

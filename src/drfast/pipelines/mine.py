@@ -19,7 +19,7 @@ def mine_split(data: Any, encoders: Any, *, source: str = "model", config: Optio
     config = _check_config(config)
     qids = sorted(data.positives)
     if source == "bm25" and trisampler is None:
-        return mine_from_bm25(data.corpus.texts(range(len(data.corpus))), list(data.corpus.doc_ids),
+        return mine_from_bm25(data.corpus.texts(range(len(data.corpus))), data.corpus.doc_ids,  # no list of N ids
                               {q: data.queries[q] for q in qids}, data.positives, config)
     if source not in ("model", "bm25"):
         raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")

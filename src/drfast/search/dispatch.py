@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from drfast import _C
-from drfast.search.validate import (check_chunk_rows, check_codes, check_cutoff, check_k, check_positives,
-                                    check_queries)
+from drfast.search.validate import (check_chunk_rows, check_codes, check_cutoff, check_given_scores, check_k,
+                                    check_positives, check_queries)
 from drfast.search.result import SearchResult
 from drfast.search.runtime import fork_safe
 from drfast.search.torch_path import FlatChunkScorer, PQChunkScorer, torch_search
@@ -55,13 +55,19 @@ def _check_overflow(result: SearchResult, kept: int) -> None:
 
 
 def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any, backend: str | None,
-             on_cuda: bool, chunk_rows: Any):
-    """Validated (queries, k, cutoff, (offsets, ids), backend, chunk_rows)."""
+             on_cuda: bool, chunk_rows: Any, pos_scores: Any = None):
+    """Validated (queries, k, cutoff, (offsets, ids), backend, chunk_rows); with `pos_scores` (the
+    positives' scores given) the positive ids need not lie in [0, N) and the scores are checked too."""
     queries = check_queries(queries, dim)
     k = check_k(k, N)
     cutoff = check_cutoff(cutoff, N, k)
-    positives = check_positives(positives, queries.shape[0], N)
+    positives = check_positives(positives, queries.shape[0], N, in_range=pos_scores is None)
     backend = choose_backend(backend, on_cuda)
+    if pos_scores is not None:
+        check_given_scores(pos_scores, positives[1].shape[0], cutoff)
+        if backend == "cuda":
+            raise NotImplementedError("pos_scores: the CUDA kernel does not take given positive scores yet "
+                                      "(the sharded search); use backend='torch' on a GPU")
     return queries, k, cutoff, positives, backend, check_chunk_rows(chunk_rows, backend)
 
 
@@ -113,30 +119,35 @@ def _numpy(x: Any) -> np.ndarray:
 
 @fork_safe
 def flat_search(queries: Any, docs: Any, k: Any, positives: Any = None, cutoff: Any = None,
-                backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
+                backend: str | None = None, chunk_rows: int | None = None, pos_scores: Any = None) -> SearchResult:
     """Fused search of queries against a validated [N, d] document matrix (see FlatIndex.search).
-    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK)."""
+    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK).
+    pos_scores: float32 [nnz], the positives' scores given (the sharded search, see
+    index/sharded.py): no positive row is read, positive ids may lie outside [0, N) (compared with
+    the rows by id alone), and no cutoff; not with the CUDA kernel (NotImplementedError)."""
     N, d = docs.shape
     on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
     queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, d, N, k, positives, cutoff,
-                                                                       backend, on_cuda, chunk_rows)
+                                                                       backend, on_cuda, chunk_rows, pos_scores)
     with _memory_guard(queries.shape[0], k, ids.shape[0], cutoff):
-        result = _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows)
+        result = _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows, pos_scores)
     return _finish(result, min(k, N), queries)
 
 
-def _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows) -> SearchResult:
+def _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows, pos_scores=None) -> SearchResult:
     B = queries.shape[0]
     if backend == "native":
         q, docs_np = _numpy(queries), docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
-        result = _run_native(lambda *out: _C.flat_search(q, docs_np, k, offsets, ids, cutoff, *out),
+        given = None if pos_scores is None else _numpy(pos_scores)
+        result = _run_native(lambda *out: _C.flat_search(q, docs_np, k, offsets, ids, cutoff, *out, given),
                              B, k, offsets, ids, cutoff)
     else:
         docs = as_tensor(docs)
         q = as_tensor(queries).to(docs.device).contiguous()
         off_t, ids_t = torch.from_numpy(offsets).to(docs.device), torch.from_numpy(ids).to(docs.device)
         if backend == "torch":
-            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff, chunk_rows)
+            given = None if pos_scores is None else as_tensor(pos_scores).to(docs.device)
+            result = torch_search(FlatChunkScorer(q, docs), B, k, off_t, ids_t, cutoff, chunk_rows, given)
         else:
             result = _cuda_search(q, docs, k, off_t, ids_t, cutoff)
     return result
@@ -144,35 +155,61 @@ def _flat_backend(queries, docs, k, offsets, ids, cutoff, backend, chunk_rows) -
 
 @fork_safe
 def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: Any = None,
-              backend: str | None = None, chunk_rows: int | None = None) -> SearchResult:
+              backend: str | None = None, chunk_rows: int | None = None, pos_scores: Any = None,
+              luts: Any = None) -> SearchResult:
     """Fused search over a PQIndex's codes [N, m] from the [B, m, 256] float32 lookup tables
     `index.lookup_tables(queries)` computes on the codes' device (see PQIndex.search).
-    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK)."""
+    chunk_rows: rows scored per step by the torch backend (default torch_path.DEFAULT_CHUNK).
+    pos_scores: the positives' scores given, as in flat_search. luts: the lookup tables given
+    (torch [B, m, 256] float32, from index.lookup_tables; the sharded search); `queries` then only
+    says the kind of the results and may be None (torch results on the tables' device)."""
     codes = check_codes(index.codes, index.m)
     N = codes.shape[0]
     on_cuda = isinstance(codes, torch.Tensor) and codes.is_cuda
+    if luts is not None:
+        luts = check_luts(luts, index.m)
+        queries = torch.zeros(luts.shape[0], index.dim, device=luts.device) if queries is None else queries
     queries, k, cutoff, (offsets, ids), backend, chunk_rows = _prepare(queries, index.dim, N, k, positives,
-                                                                       cutoff, backend, on_cuda, chunk_rows)
+                                                                       cutoff, backend, on_cuda, chunk_rows,
+                                                                       pos_scores)
     with _memory_guard(queries.shape[0], k, ids.shape[0], cutoff):
-        result = _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows)
+        result = _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows, pos_scores, luts)
     return _finish(result, min(k, N), queries)
 
 
-def _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows) -> SearchResult:
+def check_luts(luts: Any, m: int) -> torch.Tensor:
+    """Given lookup tables: a float32 torch tensor [B, m, 256] with B == the queries' (finiteness: _pq_backend)."""
+    if not isinstance(luts, torch.Tensor) or luts.dtype != torch.float32:
+        raise TypeError(f"luts: expected a float32 torch tensor [B, {m}, 256], got {type(luts).__name__}")
+    if luts.ndim != 3 or luts.shape[1] != m or luts.shape[2] != 256:
+        raise ValueError(f"luts: expected shape [B, {m}, 256], got {tuple(luts.shape)}")
+    return luts.contiguous()
+
+
+def _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_rows, pos_scores=None,
+                luts=None) -> SearchResult:
     B = queries.shape[0]
     device = codes.device if isinstance(codes, torch.Tensor) else torch.device("cpu")
-    luts = index.lookup_tables(as_tensor(queries).to(device))
+    if luts is None:
+        luts = index.lookup_tables(as_tensor(queries).to(device))
+    elif luts.shape[0] != B:
+        raise ValueError(f"luts: expected {B} tables (one per query), got {luts.shape[0]}")
+    else:
+        luts = luts.to(device)
     if not _finite(luts):  # else rows behind a NaN table entry silently drop out of the top-k and the ranks
         raise ValueError("index.centroids: the lookup tables <query, centroid> are NaN or Inf "
                          "(the centroids contain NaN or Inf, or the products overflow float32)")
     if backend == "native":
         luts_np, codes_np = _numpy(luts), _numpy(codes)
-        result = _run_native(lambda *out: _C.pq_search(luts_np, codes_np, k, offsets, ids, cutoff, *out),
+        given = None if pos_scores is None else _numpy(pos_scores)
+        result = _run_native(lambda *out: _C.pq_search(luts_np, codes_np, k, offsets, ids, cutoff, *out, given),
                              B, k, offsets, ids, cutoff)
     else:
         off_t, ids_t = torch.from_numpy(offsets).to(device), torch.from_numpy(ids).to(device)
         if backend == "torch":
-            result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff, chunk_rows)
+            given = None if pos_scores is None else as_tensor(pos_scores).to(device)
+            result = torch_search(PQChunkScorer(luts, as_tensor(codes)), B, k, off_t, ids_t, cutoff, chunk_rows,
+                                  given)
         else:
             result = _cuda_pq_search(luts, codes.contiguous(), k, off_t, ids_t, cutoff)
     return result
@@ -220,6 +257,33 @@ def _cuda_pq_search(luts: torch.Tensor, codes: torch.Tensor, k: int, offsets: to
     _C.pq_search_cuda(luts.data_ptr(), luts.shape[0], luts.shape[1], codes.data_ptr(), codes.shape[0], k,
                       offsets.data_ptr(), ids.data_ptr(), cutoff, *_output_pointers(res), stream)
     return res
+
+
+def positive_scores(kind: str, scores_of: Any, rows: Any, offsets: np.ndarray, ids: np.ndarray,
+                    backend: str) -> torch.Tensor:
+    """float32 [nnz]: the scores the search of `backend` gives these positives, bit for bit (its own
+    pair scorer) without scanning: kind "flat" (scores_of = validated queries [B, d], rows = docs
+    [N, d]) or "pq" (scores_of = luts [B, m, 256] float32 tensor, rows = codes [N, m]). offsets/ids:
+    a validated CSR with ids in [0, N). A torch tensor on the rows' device (the sharded search's
+    owner scores; a two-stage index's exact scores are its flat scores)."""
+    if backend == "cuda":
+        raise NotImplementedError("backend: the CUDA kernel has no positive-scoring entry yet (the sharded "
+                                  "search); use backend='torch' on a GPU")
+    B = scores_of.shape[0]
+    if backend == "native":
+        out = np.full(ids.shape[0], np.nan, np.float32)
+        if ids.shape[0]:
+            entry = _C.flat_score_positives if kind == "flat" else _C.pq_score_positives
+            entry(_numpy(scores_of), rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows, offsets, ids, out)
+        return torch.from_numpy(out)
+    rows_t = as_tensor(rows)
+    dev = rows_t.device
+    scorer = (FlatChunkScorer(as_tensor(scores_of).to(dev).contiguous(), rows_t) if kind == "flat"
+              else PQChunkScorer(as_tensor(scores_of).to(dev), rows_t))
+    off_t, ids_t = torch.from_numpy(offsets).to(dev), torch.from_numpy(ids).to(dev)
+    pos_query = torch.repeat_interleave(torch.arange(B, device=dev), off_t.diff())
+    with torch.no_grad():
+        return scorer.pairs(pos_query, ids_t)
 
 
 def unchecked_native_search(kind: str, *args: Any) -> None:

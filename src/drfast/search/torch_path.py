@@ -93,14 +93,15 @@ class PQChunkScorer:
 
 @torch.no_grad()
 def torch_search(scorer, B: int, k: int, pos_offsets: torch.Tensor, pos_ids: torch.Tensor, cutoff: int,
-                 chunk_rows: int | None = None) -> SearchResult:
+                 chunk_rows: int | None = None, pos_scores: torch.Tensor | None = None) -> SearchResult:
     """Validated inputs on one device; `scorer` is a FlatChunkScorer or PQChunkScorer. Scores
-    `chunk_rows` rows at a time (None: DEFAULT_CHUNK), merging each chunk's top-k into the running one."""
+    `chunk_rows` rows at a time (None: DEFAULT_CHUNK), merging each chunk's top-k into the running one.
+    pos_scores: the positives' scores given (then pos_ids may lie outside [0, N) and are never read)."""
     N, dev = scorer.ntotal, pos_offsets.device
     chunk = DEFAULT_CHUNK if chunk_rows is None else chunk_rows
     kept = min(k, N)
     pos_query = torch.repeat_interleave(torch.arange(B, device=dev), pos_offsets.diff())
-    pos_scores = scorer.pairs(pos_query, pos_ids)
+    pos_scores = scorer.pairs(pos_query, pos_ids) if pos_scores is None else pos_scores.clone()
     counts = torch.zeros(pos_ids.shape[0], dtype=torch.int64, device=dev)
     best_s = torch.empty(B, 0, device=dev)
     best_r = torch.empty(B, 0, dtype=torch.int64, device=dev)

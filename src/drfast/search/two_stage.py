@@ -63,13 +63,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
 from drfast import _C
 from drfast.search import dispatch as D
+from drfast.search.first_pass_build import build_rows
 from drfast.search.runtime import fork_safe
 from drfast.search.result import SearchResult
 from drfast.search.torch_path import DEFAULT_CHUNK, FlatChunkScorer, chunk_topk, ordered_topk, pair_weights
@@ -82,7 +83,7 @@ ETA = float(np.float32(2.0 ** -100))
 ALIGN = 64  # bytes per padded code row chunk (csrc/cpu/first_pass_kernels.h kFpAlign)
 MAX_INT8_DIM = 65536
 OVERFLOW_LIMIT = 2.0 ** 100
-BUILD_CHUNK = 8192
+BUILD_CHUNK = 16384  # rows per float32 conversion (50 MB at d = 768)
 
 
 def gamma(n: int) -> float:
@@ -148,6 +149,13 @@ def _bf16(x: torch.Tensor):
     return xb, xb.double()
 
 
+def _rows_float32(emb: Any, rows: slice) -> np.ndarray:
+    """Rows of a numpy array, memmap or torch tensor (any device) as float32 numpy (exact from fp16)."""
+    if isinstance(emb, torch.Tensor):
+        return emb[rows].to("cpu", torch.float32).numpy()
+    return np.asarray(emb[rows], dtype=np.float32)
+
+
 def _norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1)
 
@@ -192,6 +200,18 @@ class FirstPassData:
     def meta(self) -> dict:
         return {"kind": self.kind, "refine": self.refine, "max_norm": self.max_norm}
 
+    def check_rows(self, shape: tuple) -> None:
+        """Refuses a copy built for other rows than an [N, d] matrix of `shape` (shapes only)."""
+        N, d = shape
+        dp = padded_dim(d, self.kind) if self.kind in KINDS else -1
+        shapes = [a.shape for a in self.arrays().values()]
+        want = [(N, dp), (3, N), (N if self.kind == "int8" else 0,)]
+        if self.refine:
+            want += [(N, dp), (4, N), (N,)]
+        if self.dim != d or [tuple(s) for s in shapes] != want:
+            raise ValueError(f"first_pass: a {self.kind} copy with arrays of shapes {shapes} (dim {self.dim}) does "
+                             f"not belong to {N} rows of dimension {d}")
+
     @classmethod
     def from_arrays(cls, meta: dict, dim: int, arrays: Dict[str, Any]) -> "FirstPassData":
         return cls(kind=meta["kind"], dim=dim, codes=arrays["fp_codes"], stats=arrays["fp_stats"],
@@ -212,9 +232,13 @@ class FirstPassData:
                                                                        self.res_sums)), self.max_norm)
 
 
-def build_first_pass(emb: Any, kind: str, refine: bool = True, chunk_rows: int = BUILD_CHUNK) -> FirstPassData:
+def build_first_pass(emb: Any, kind: str, refine: bool = True, chunk_rows: int = BUILD_CHUNK,
+                     alloc: Optional[Callable[[str, tuple, Any], Any]] = None) -> FirstPassData:
     """The first-pass copy of a validated [N, d] float32/float16 matrix (numpy, memmap or tensor),
-    built in chunks of rows (float64 arithmetic). refine: also the int8 residual codes (second bound)."""
+    built in chunks of rows by a numba kernel (search.first_pass_build). refine: also the int8 residual
+    codes (second bound). alloc(name, shape, dtype) gives each output array (default: zeroed memory;
+    e.g. numpy.lib.format.open_memmap files, to build a copy larger than memory), named as in
+    FirstPassData.arrays(); it must return zeros (the code rows' padding is never written)."""
     if kind not in KINDS:
         raise ValueError(f"first_pass: expected one of {KINDS}, got {kind!r}")
     N, d = emb.shape
@@ -223,40 +247,21 @@ def build_first_pass(emb: Any, kind: str, refine: bool = True, chunk_rows: int =
     refine = refine and kind == "int8"
     dp = padded_dim(d, kind)
     g = gamma(d + 8)
-    codes = np.zeros((N, dp), np.int8 if kind == "int8" else np.uint16)
-    stats = np.empty((3, N), np.float32)
-    sums = np.empty(N if kind == "int8" else 0, np.int32)
-    res_codes = np.zeros((N, dp), np.int8) if refine else None
-    res_stats = np.empty((4, N), np.float32) if refine else None
-    res_sums = np.empty(N, np.int32) if refine else None
+    alloc = alloc or (lambda name, shape, dtype: np.zeros(shape, dtype))
+    codes = alloc("fp_codes", (N, dp), np.int8 if kind == "int8" else np.uint16)
+    stats = alloc("fp_stats", (3, N), np.float32)
+    sums = alloc("fp_sums", (N if kind == "int8" else 0,), np.int32)
+    res_codes = alloc("fp_res_codes", (N, dp), np.int8) if refine else None
+    res_stats = alloc("fp_res_stats", (4, N), np.float32) if refine else None
+    res_sums = alloc("fp_res_sums", (N,), np.int32) if refine else None
     max_norm = 0.0
-    src = D.as_tensor(emb)
     for i in range(0, N, chunk_rows):
-        x = src[i : i + chunk_rows].to("cpu", torch.float64)
-        j = slice(i, i + x.shape[0])
-        xn = _norm(x)
-        if kind == "int8":
-            a, x8, xh = _int8(x)
-            codes[j, :d] = x8.to(torch.int8).numpy()
-            sums[j] = x8.sum(1).to(torch.int32).numpy()
-            stats[0, j] = a.numpy()
-        else:
-            xb, xh = _bf16(x)
-            codes[j, :d] = xb.view(torch.int16).numpy().view(np.uint16)
-            stats[0, j] = 1.0
-        stats[1, j] = _up32(_norm(x - xh) + g * xn, d).numpy()
-        stats[2, j] = _up32(_norm(xh), d).numpy()
-        norms = [xn.max(), stats[2, j].max()]
-        if refine:
-            a2, r8, rh = _int8(x - xh)
-            xh2 = xh + rh
-            res_codes[j, :d] = r8.to(torch.int8).numpy()
-            res_sums[j] = r8.sum(1).to(torch.int32).numpy()
-            res_stats[0, j] = a2.numpy()
-            res_stats[1, j] = _up32(_norm(x - xh2) + g * xn, d).numpy()
-            res_stats[2, j] = _up32(_norm(xh2), d).numpy()
-            res_stats[3, j] = _up32(_norm(rh), d).numpy()
-            norms.append(res_stats[2, j].max())
+        j = slice(i, min(N, i + chunk_rows))
+        x32 = np.ascontiguousarray(_rows_float32(emb, j))
+        xn = build_rows(x32, kind, g, refine, codes[j], stats[:, j], sums[j] if kind == "int8" else None,
+                        res_codes[j] if refine else None, res_stats[:, j] if refine else None,
+                        res_sums[j] if refine else None)
+        norms = [xn, stats[2, j].max(initial=0.0)] + ([res_stats[2, j].max(initial=0.0)] if refine else [])
         max_norm = max(max_norm, *(float(n) for n in norms))
     return FirstPassData(kind, d, codes, stats, sums, res_codes, res_stats, res_sums, max_norm)
 
@@ -335,8 +340,10 @@ def overflow_risk(qc: QueryCodes, data: FirstPassData) -> bool:
 
 
 def native_two_stage(q: np.ndarray, docs: np.ndarray, data: FirstPassData, qc: QueryCodes, k: int,
-                     offsets: np.ndarray, ids: np.ndarray, cutoff: int, outputs: tuple) -> TwoStageStats:
-    """Runs the native kernel into preallocated outputs; returns its work counters."""
+                     offsets: np.ndarray, ids: np.ndarray, cutoff: int, outputs: tuple,
+                     pos_scores: Optional[np.ndarray] = None) -> TwoStageStats:
+    """Runs the native kernel into preallocated outputs; returns its work counters. pos_scores: the
+    positives' exact scores given (the sharded search; ids may then lie outside [0, N))."""
     B, nnz = q.shape[0], ids.shape[0]
     work_q = np.zeros((B, 3), np.int64)
     work_p = np.zeros((nnz, 2), np.int64)
@@ -344,7 +351,7 @@ def native_two_stage(q: np.ndarray, docs: np.ndarray, data: FirstPassData, qc: Q
     if data.refine:
         refine = (qc.res_codes, qc.res_params, data.res_codes, data.res_stats, data.res_sums)
     _C.two_stage_search(q, docs, k, offsets, ids, cutoff, *outputs, 0 if data.kind == "int8" else 1, qc.codes,
-                        qc.params, data.codes, data.stats, data.sums, refine, work_q, work_p)
+                        qc.params, data.codes, data.stats, data.sums, refine, work_q, work_p, pos_scores)
     return _stats(data, docs.shape[0], work_q, work_p)
 
 
@@ -426,10 +433,11 @@ def _batched(fn, n: int, *arrays):
 
 @torch.no_grad()
 def torch_two_stage(scorer, data: FirstPassData, qc: QueryCodes, B: int, k: int, pos_offsets: torch.Tensor,
-                    pos_ids: torch.Tensor, cutoff: int, chunk_rows: Optional[int] = None):
+                    pos_ids: torch.Tensor, cutoff: int, chunk_rows: Optional[int] = None,
+                    pos_scores: Optional[torch.Tensor] = None):
     """The two-stage search with torch ops, chunk by chunk (`scorer` a torch_path.FlatChunkScorer:
-    exact scores come from its `pairs`, as the torch path's positive scores do). Returns
-    (SearchResult, TwoStageStats)."""
+    exact scores come from its `pairs`, as the torch path's positive scores do; or `pos_scores`, given).
+    Returns (SearchResult, TwoStageStats)."""
     N, dev = scorer.ntotal, pos_offsets.device
     chunk = DEFAULT_CHUNK if chunk_rows is None else chunk_rows
     kept = min(k, N)
@@ -437,7 +445,7 @@ def torch_two_stage(scorer, data: FirstPassData, qc: QueryCodes, B: int, k: int,
     refine = data.refine
     nnz = pos_ids.shape[0]
     pos_query = torch.repeat_interleave(torch.arange(B, device=dev), pos_offsets.diff())
-    pos_scores = scorer.pairs(pos_query, pos_ids)
+    pos_scores = scorer.pairs(pos_query, pos_ids) if pos_scores is None else pos_scores.clone()
     counts = torch.zeros(nnz, dtype=torch.int64, device=dev)
     work_q = torch.zeros(B, 3, dtype=torch.int64, device=dev)
     work_p = torch.zeros(nnz, 2, dtype=torch.int64, device=dev)
@@ -501,35 +509,40 @@ def torch_two_stage(scorer, data: FirstPassData, qc: QueryCodes, B: int, k: int,
 
 @fork_safe
 def two_stage_search(queries: Any, docs: Any, data: FirstPassData, k: Any, positives: Any = None,
-                     cutoff: Any = None, backend: Optional[str] = None, chunk_rows: Optional[int] = None):
+                     cutoff: Any = None, backend: Optional[str] = None, chunk_rows: Optional[int] = None,
+                     pos_scores: Any = None):
     """(SearchResult, TwoStageStats or None): bit-identical to dispatch.flat_search(queries, docs, ...)
-    with the native backend (the exact scan runs instead, stats None, when the bounds could overflow)."""
+    with the native backend (the exact scan runs instead, stats None, when the bounds could overflow).
+    pos_scores: the positives' exact scores given, as in dispatch.flat_search (the sharded search)."""
     N, d = docs.shape
     on_cuda = isinstance(docs, torch.Tensor) and docs.is_cuda
     queries_v, k, cutoff, (offsets, ids), backend, chunk_rows = D._prepare(queries, d, N, k, positives, cutoff,
-                                                                            backend, on_cuda, chunk_rows)
+                                                                            backend, on_cuda, chunk_rows, pos_scores)
     B = queries_v.shape[0]
     qc = prepare_queries(queries_v, data)
     if overflow_risk(qc, data):
-        return D.flat_search(queries, docs, k, positives, cutoff or None, backend, chunk_rows), None
+        return D.flat_search(queries, docs, k, positives, cutoff or None, backend, chunk_rows, pos_scores), None
     with D._memory_guard(B, k, ids.shape[0], cutoff):
-        result, stats = _two_stage_backend(queries_v, docs, data, qc, k, offsets, ids, cutoff, backend, chunk_rows)
+        result, stats = _two_stage_backend(queries_v, docs, data, qc, k, offsets, ids, cutoff, backend, chunk_rows,
+                                           pos_scores)
     return D._finish(result, min(k, N), queries), stats
 
 
-def _two_stage_backend(queries_v, docs, data, qc, k, offsets, ids, cutoff, backend, chunk_rows):
+def _two_stage_backend(queries_v, docs, data, qc, k, offsets, ids, cutoff, backend, chunk_rows, pos_scores=None):
     B = queries_v.shape[0]
     if backend == "native":
         q = D._numpy(queries_v)
         docs_np = docs.cpu().numpy() if isinstance(docs, torch.Tensor) else docs
         data_np = data.to(torch.device("cpu"))
+        given = None if pos_scores is None else D._numpy(pos_scores)
         box = {}
         result = D._run_native(lambda *out: box.setdefault("s", native_two_stage(q, docs_np, data_np, qc, k, offsets,
-                                                                                 ids, cutoff, out)),
+                                                                                 ids, cutoff, out, given)),
                                B, k, offsets, ids, cutoff)
         return result, box["s"]
     # on a GPU ("cuda" or "torch") the two-stage search is the torch path (torch._int_mm / bf16 matmul)
     docs_t = D.as_tensor(docs)
     q = D.as_tensor(queries_v).to(docs_t.device).contiguous()
     off_t, ids_t = torch.from_numpy(offsets).to(docs_t.device), torch.from_numpy(ids).to(docs_t.device)
-    return torch_two_stage(FlatChunkScorer(q, docs_t), data, qc, B, k, off_t, ids_t, cutoff, chunk_rows)
+    given = None if pos_scores is None else D.as_tensor(pos_scores).to(docs_t.device)
+    return torch_two_stage(FlatChunkScorer(q, docs_t), data, qc, B, k, off_t, ids_t, cutoff, chunk_rows, given)

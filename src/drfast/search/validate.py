@@ -113,13 +113,15 @@ def _row_ids(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 1-D sequence of integer row ids ({e})") from None
 
 
-def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndarray]:
+def check_positives(positives: Any, B: int, N: int, in_range: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """CSR (offsets int64 [B+1], ids int64 [nnz]), validated, from either form of `positives`:
 
     - per-query row ids: a list with one entry per query (a list, tuple or 1-D integer array each);
     - a CSR pair: a tuple (offsets [B+1], ids [nnz]) of two 1-D integer numpy arrays or torch tensors.
     A tuple of exactly two items is always read as a CSR pair, so it must hold two arrays: two Python
     lists would be ambiguous when B == 2 (per-query lists or offsets and ids?) and are refused.
+    in_range=False (positives with given scores, the sharded search): ids may lie outside [0, N)
+    (rows of other shards, as local ids), still unique within a query.
     """
     if positives is None:
         return np.zeros(B + 1, np.int64), np.zeros(0, np.int64)
@@ -149,7 +151,7 @@ def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndar
         raise TypeError("positives: expected a list of lists of row ids or a CSR pair (offsets, ids) of two arrays, "
                         f"got {describe(positives)}")
     if ids.size:
-        bad = (ids < 0) | (ids >= N)
+        bad = ((ids < 0) | (ids >= N)) if in_range else np.zeros(ids.shape, bool)
         if bad.any():
             raise ValueError(f"positives: row id {ids[bad][0]} is out of range [0, {N})")
         query = np.repeat(np.arange(B), np.diff(offsets))
@@ -159,3 +161,20 @@ def check_positives(positives: Any, B: int, N: int) -> Tuple[np.ndarray, np.ndar
             j = order[1:][dup][0]
             raise ValueError(f"positives: row {ids[j]} is listed twice for query {query[j]}")
     return offsets, ids
+
+
+def check_given_scores(pos_scores: Any, nnz: int, cutoff: int) -> Any:
+    """The positives' given scores (the sharded search): float32 [nnz], finite, and no pair weights
+    (they would compare the positives with a shard's local top-k)."""
+    if not isinstance(pos_scores, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"pos_scores: expected a float32 numpy array or torch tensor [nnz={nnz}], got {describe(pos_scores)}")
+    if pos_scores.dtype not in (np.float32, torch.float32):
+        raise TypeError(f"pos_scores: expected dtype float32, got {pos_scores.dtype}")
+    if tuple(pos_scores.shape) != (nnz,):
+        raise ValueError(f"pos_scores: expected shape [nnz={nnz}] (one score per positive), got {tuple(pos_scores.shape)}")
+    finite = torch.isfinite(pos_scores).all().item() if isinstance(pos_scores, torch.Tensor) else np.isfinite(pos_scores).all()
+    if not finite:
+        raise ValueError("pos_scores: contains NaN or Inf")
+    if cutoff:
+        raise ValueError("pos_scores: given positive scores cannot be combined with a cutoff (pair weights)")
+    return pos_scores

@@ -62,6 +62,17 @@ class AdoreConfig(TrainConfig):
                              f"has none")
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`: a host tensor bound for a CUDA device goes through pinned memory with a
+    non-blocking copy (ordered on the current stream before the kernels that read it); a tensor that
+    requires grad (JPQ's decoded rows) with a plain, differentiable copy."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda" and not t.requires_grad:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
                      score_scale: float = 1.0, only_if_unretrieved: bool = False, normalizer: str = "pairs"):
     """The non-encoder part of an ADORE step: (loss, info) for query embeddings q [B, d] (with grad).
@@ -69,18 +80,25 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
     One fused search gives the top-k, the positives' exact ranks and the pair weights; candidates and
     positives are scored with gradients against the index's own (decoded) vectors."""
     B = q.shape[0]
-    res = index.search(q.detach().float(), k=k, positives=positives, cutoff=cutoff)
-    ids = res.ids.to(q.device)
-    cand = index.reconstruct(ids.clamp(min=0).reshape(-1).cpu()).to(q.device).view(B, ids.shape[1], -1)
-    pos = index.reconstruct(res.pos_ids.cpu()).to(q.device)
-    offsets = res.pos_offsets.to(q.device)
+    t0 = time.perf_counter()
+    # Mixed placement (index on the host, encoder on a GPU): search the host copy of the queries; only
+    # the candidate ids, pair weights and gathered rows cross back (pinned, non-blocking).
+    res = index.search(q.detach().float().to(getattr(index, "device", q.device)), k=k, positives=positives,
+                       cutoff=cutoff)
+    t1 = time.perf_counter()
+    cand = to_device(index.reconstruct(res.ids.clamp(min=0).reshape(-1).cpu()), q.device)
+    cand = cand.view(B, res.ids.shape[1], -1)
+    pos = to_device(index.reconstruct(res.pos_ids.cpu()), q.device)
+    ids, offsets, pos_ids = (to_device(t, q.device) for t in (res.ids, res.pos_offsets, res.pos_ids))
     pos_query = row_of_each(offsets)
+    t2 = time.perf_counter()
     qf = q.float()
     cand_scores = torch.einsum("bd,bkd->bk", qf, cand)
     pos_scores = (qf[pos_query] * pos).sum(-1)
-    loss, stats = adore_loss(cand_scores, pos_scores, offsets, res.pair_weights.to(q.device), score_scale,
-                             only_if_unretrieved, ids=ids, pos_ids=res.pos_ids.to(q.device), normalizer=normalizer)
-    info = dict(stats, mrr10=mean_mrr(res.pos_offsets, res.pos_ranks))
+    loss, stats = adore_loss(cand_scores, pos_scores, offsets, to_device(res.pair_weights, q.device), score_scale,
+                             only_if_unretrieved, ids=ids, pos_ids=pos_ids, normalizer=normalizer)
+    info = dict(stats, mrr10=mean_mrr(res.pos_offsets, res.pos_ranks),
+                search_s=t1 - t0, gather_s=t2 - t1, loss_s=time.perf_counter() - t2)
     return loss, info
 
 
