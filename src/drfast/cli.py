@@ -24,6 +24,7 @@ import numpy as np
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int, check_optional_int
 from drfast.common.dataclass_args import add_arguments, from_args, option
+from drfast.common.distributed import init_distributed
 from drfast.common.sizes import parse_count, parse_optional_size
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
@@ -115,9 +116,11 @@ def _encode(args: argparse.Namespace) -> int:
     check_model(args.model, **_encoder_options(args))
     encoder = Encoder.load(args.model, role="document", max_length=args.doc_max_length, pooling=args.pooling)
     corpus = Corpus(Path(args.data) / "corpus.jsonl")
+    ctx = init_distributed()  # under torchrun: every rank encodes its share of the chunks
     emb, _ = encode_corpus(encoder, corpus, Path(args.cache or DEFAULT_CACHE) / "embeddings", dtype=args.dtype,
-                           batch_size=args.encode_batch_size)
-    print(f"{emb.shape[0]} documents x {emb.shape[1]} dims ({emb.dtype}) in {emb.filename}")
+                           batch_size=args.encode_batch_size, dist=ctx)
+    if ctx.is_main:
+        print(f"{emb.shape[0]} documents x {emb.shape[1]} dims ({emb.dtype}) in {emb.filename}")
     return 0
 
 
@@ -170,10 +173,11 @@ def _index_from_files(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
+    """evaluate_model of the flags; under torchrun, on a ShardedIndex (the run and metrics on rank 0 only)."""
     return evaluate_model(args.data, args.model, split=args.split, query_model=args.query_model,
                           index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
                           index_seed=args.index_seed, first_pass=_first_pass(args), index_dir=args.index_dir,
-                          **_corpus_options(args))
+                          dist=init_distributed(), **_corpus_options(args))
 
 
 def _searched(args: argparse.Namespace) -> str:
@@ -183,6 +187,8 @@ def _searched(args: argparse.Namespace) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     result = _evaluate_model(args)
+    if result["run"] is None:  # a rank other than 0 under torchrun
+        return 0
     out = Path(args.output)
     write_trec_run(out / "run.trec", result["run"], tag="drfast")
     print(f"run of {len(result['run'])} queries written to {out / 'run.trec'}")
@@ -192,6 +198,8 @@ def _search(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = _evaluate_model(args)
+    if result["run"] is None:  # a rank other than 0 under torchrun
+        return 0
     out = Path(args.output)
     write_trec_run(out / "run.trec", result["run"], tag="drfast")
     config = {k: v for k, v in vars(args).items() if k != "func"}
@@ -210,8 +218,10 @@ def _adore(args: argparse.Namespace) -> int:
                        index_seed=args.index_seed, first_pass=_first_pass(args), also_evaluate_on=args.also_evaluate_on,
                        eval_every=args.eval_every, overlap_every=args.overlap_every, device=args.device,
                        resume=args.resume, overwrite=args.overwrite, index_dir=args.index_dir,
-                       gpu_memory=args.gpu_memory, ignore_plan=args.ignore_plan,
+                       gpu_memory=args.gpu_memory, ignore_plan=args.ignore_plan, shard_index=args.shard_index,
                        **_corpus_options(args))
+    if not init_distributed().is_main:  # under torchrun rank 0 reports
+        return 0
     method = "ADORE + trained centroids (JPQ)" if args.train_centroids else "ADORE"
     _print_table(f"{method} on {args.index if args.index_dir is None else args.index_dir} ({args.eval_split} split)",
                  {"before": report["before"], "after": report["after"]})
@@ -225,6 +235,8 @@ def _star(args: argparse.Namespace) -> int:
                       eval_split=args.eval_split, config=from_args(StarConfig, args),
                       overlap_every=args.overlap_every, resume=args.resume, overwrite=args.overwrite,
                       **_corpus_options(args))
+    if not init_distributed().is_main:  # under torchrun rank 0 reports
+        return 0
     _print_table(f"{args.method} ({args.negatives} negatives), {args.eval_split} split",
                  {"before": report["before"], "after": report["after"]})
     print(f"both towers, metrics.json and the run log in {args.output}/")
@@ -255,7 +267,9 @@ def _errors(args: argparse.Namespace) -> int:
     report = run_errors(args.data, args.model, args.output, split=args.split, query_model=args.query_model,
                         index_spec=args.index, k=args.k, query_batch_size=args.query_batch_size,
                         index_seed=args.index_seed, first_pass=_first_pass(args), index_dir=args.index_dir,
-                        **_corpus_options(args))
+                        dist=init_distributed(), **_corpus_options(args))
+    if report is None:  # a rank other than 0 under torchrun
+        return 0
     s = report["summary"]
     print(f"pairwise errors of {args.query_model or args.model} on {args.data} ({args.split}, {_searched(args)}, "
           f"{s['queries']} queries with positives):")
@@ -357,6 +371,9 @@ class Options:
                                        metavar="SIZE")
     host_memory: Optional[str] = option(None, "host RAM to plan for, e.g. 24GB (default: this machine's available "
                                               "memory)", metavar="SIZE")
+    shard_index: Optional[bool] = option(None, "under torchrun, split the index into contiguous row ranges, one per "
+                                               "process, searched together (default: when the memory plan says it "
+                                               "does not fit one device; else each process holds all of it)")
     ignore_plan: bool = option(False, "train even when the memory plan (printed at the start) says the run does not "
                                       "fit")
     json: bool = option(False, "print the plan as JSON (\"fits\", the placement and every part's bytes)")
@@ -431,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--train-centroids, the PQ centroids too: JPQ)",
              INPUTS + ("query_model", "train_split", "eval_split", "index", "index_seed", "first_pass", "index_dir",
                        "also_evaluate_on", "eval_every", "overlap_every", "device", "gpu_memory", "ignore_plan",
-                       "resume", "overwrite", "output"),
+                       "shard_index", "resume", "overwrite", "output"),
              AdoreConfig)
     plan = _command(sub, "plan", _plan, "where each part of an ADORE / JPQ training run would live (GPU, pinned host, "
                                         "host, memory-mapped file) and whether it fits; exit status 1 when it does not",

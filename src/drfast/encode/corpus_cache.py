@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from drfast.common.atomic import atomic_dir, save_npy_atomic
 from drfast.common.checks import check_choice, check_int
+from drfast.common.distributed import DistContext
 from drfast.common.doc_ids import DocIdMap
 from drfast.encode.encoders import Encoder
 
@@ -67,12 +68,21 @@ def _cache_key(encoder: Encoder, fingerprint: str, dtype: str) -> str:
 
 
 def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", batch_size: int = 32,
-                  chunk_size: int = 2048, show_progress: bool = True) -> Tuple[np.memmap, DocIdMap]:
+                  chunk_size: int = 2048, show_progress: bool = True,
+                  dist: Optional[DistContext] = None) -> Tuple[np.memmap, DocIdMap]:
     """(embeddings [N, d] read-only memmap in corpus order, doc_ids).
 
     `corpus` needs `__len__`, `doc_ids`, `texts(indices)`, `lengths` and `fingerprint()`.
     Documents go longest first (by `lengths`), in chunks of `chunk_size`; each finished chunk is
     saved on its own, so an interrupted run resumes where it stopped.
+
+    dist: with a DistContext of several ranks, collective (every rank calls it with the same
+    arguments): the missing chunks are shared out among the ranks (chunk i of them to rank i mod W:
+    the longest documents come first, so contiguous blocks would load rank 0 most), each rank saves
+    its chunks, and after every rank is done rank 0 assembles them into the cache, the same files a
+    single process writes (bit-identical embeddings when the encoder is deterministic on the ranks'
+    devices). `cache_dir` must be one folder seen by every rank (a shared filesystem across machines).
+    A resumed run may have another world size: a chunk file is the same whoever wrote it.
     """
     _check_encoder(encoder)
     check_choice(dtype, "dtype", DTYPES)
@@ -83,6 +93,10 @@ def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", b
     fingerprint = _fingerprint(corpus)
     key = _cache_key(encoder, fingerprint, dtype)
     final = os.path.join(cache_dir, key)
+    if dist is not None and dist.distributed:
+        _encode_collective(dist, final, encoder, corpus, key, fingerprint, dtype, n, doc_ids, lengths, batch_size,
+                           chunk_size, show_progress)
+        return _load(final, dtype, n)
     if os.path.isfile(os.path.join(final, "meta.json")):
         return _load(final, dtype, n)
     os.makedirs(cache_dir, exist_ok=True)
@@ -97,35 +111,99 @@ def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", b
     return _load(final, dtype, n)
 
 
+def _chunk_plan(final, n, lengths, chunk_size):
+    """(order, chunks, paths, todo): the corpus rows longest first, the [s, e) chunks of that order,
+    their files under FINAL.partial, and the indices of the chunks not saved yet."""
+    order = np.argsort(-lengths.astype(np.int64), kind="stable")  # longest first: an OOM shows up at once
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    paths = [os.path.join(final + ".partial", f"chunk_{s:010d}_{e:010d}.npy") for s, e in chunks]
+    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    return order, chunks, paths, todo
+
+
+def _encode_chunks(encoder, corpus, dtype, batch_size, order, chunks, paths, mine, bar) -> None:
+    """Encode and save the chunks `mine` (each file written atomically: it exists only once complete)."""
+    for i in mine:
+        s, e = chunks[i]
+        texts = corpus.texts(order[s:e].tolist())
+        if len(texts) != e - s:
+            raise ValueError(f"corpus: texts() returned {len(texts)} texts for {e - s} indices")
+        emb = encoder.encode(texts, batch_size=batch_size, on_batch=bar.update).astype(dtype)
+        if not np.isfinite(emb).all():
+            raise ValueError(f"dtype: embeddings overflow {dtype} (values beyond its range); use float32")
+        save_npy_atomic(paths[i], emb)
+
+
+def _meta(encoder, key, fingerprint, dtype, n, chunk_size, already, seconds) -> dict:
+    return {"key": key, "count": n, "dim": encoder.dim, "dtype": dtype, "source": encoder.source,
+            "pooling": encoder.pooling, "normalize": encoder.normalize, "max_length": encoder.max_length,
+            "corpus_fingerprint": fingerprint, "chunk_size": chunk_size,
+            "resumed_docs": already, "encode_seconds": round(seconds, 3)}
+
+
 def _encode_into(final, encoder, corpus, key, fingerprint, dtype, n, doc_ids, lengths, batch_size, chunk_size,
                  show_progress) -> None:
     work = final + ".partial"
     os.makedirs(work, exist_ok=True)
-    order = np.argsort(-lengths.astype(np.int64), kind="stable")  # longest first: an OOM shows up at once
-    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-    paths = [os.path.join(work, f"chunk_{s:010d}_{e:010d}.npy") for s, e in chunks]
-    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    order, chunks, paths, todo = _chunk_plan(final, n, lengths, chunk_size)
     already = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
 
     started = time.perf_counter()
     with tqdm(total=n, initial=already, disable=not show_progress, desc="encoding corpus", unit="doc") as bar:
-        for i in todo:
-            s, e = chunks[i]
-            texts = corpus.texts(order[s:e].tolist())
-            if len(texts) != e - s:
-                raise ValueError(f"corpus: texts() returned {len(texts)} texts for {e - s} indices")
-            emb = encoder.encode(texts, batch_size=batch_size, on_batch=bar.update).astype(dtype)
-            if not np.isfinite(emb).all():
-                raise ValueError(f"dtype: embeddings overflow {dtype} (values beyond its range); use float32")
-            save_npy_atomic(paths[i], emb)
+        _encode_chunks(encoder, corpus, dtype, batch_size, order, chunks, paths, todo, bar)
     seconds = time.perf_counter() - started
-
-    meta = {"key": key, "count": n, "dim": encoder.dim, "dtype": dtype, "source": encoder.source,
-            "pooling": encoder.pooling, "normalize": encoder.normalize, "max_length": encoder.max_length,
-            "corpus_fingerprint": fingerprint, "chunk_size": chunk_size,
-            "resumed_docs": already, "encode_seconds": round(seconds, 3)}
-    _assemble(final, paths, chunks, order, doc_ids, meta)
+    _assemble(final, paths, chunks, order, doc_ids,
+              _meta(encoder, key, fingerprint, dtype, n, chunk_size, already, seconds))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _encode_collective(dist, final, encoder, corpus, key, fingerprint, dtype, n, doc_ids, lengths, batch_size,
+                       chunk_size, show_progress) -> None:
+    """encode_corpus on several ranks (see there). Rank 0 holds the key's lock throughout (other
+    processes wait for it as for a single one) and decides what is left to do; every step that can
+    fail on one rank is checked on all (DistContext.check_all), so none waits forever."""
+    cache_dir = os.path.dirname(final)
+    lock = os.path.join(cache_dir, os.path.basename(final) + ".lock")
+    show = show_progress and dist.is_main
+    with contextlib.ExitStack() as stack:
+        error, todo = None, None
+        try:
+            if dist.is_main:
+                os.makedirs(final + ".partial", exist_ok=True)
+                stack.enter_context(_locked(lock, show))
+                if not os.path.isfile(os.path.join(final, "meta.json")):
+                    todo = _chunk_plan(final, n, lengths, chunk_size)[3]
+        except Exception as e:  # noqa: BLE001 (raised on every rank by check_all)
+            error = e
+        dist.check_all(error, "preparing the corpus cache")
+        todo = dist.broadcast(todo)  # None: the cache is complete
+        if todo is not None:
+            order, chunks, paths, _ = _chunk_plan(final, n, lengths, chunk_size)
+            mine = todo[dist.rank::dist.world_size]
+            already = n - sum(chunks[i][1] - chunks[i][0] for i in todo)
+            started = time.perf_counter()
+            error = None
+            try:
+                with tqdm(total=sum(chunks[i][1] - chunks[i][0] for i in mine), disable=not show, unit="doc",
+                          desc=f"encoding corpus (rank 0 of {dist.world_size})") as bar:
+                    _encode_chunks(encoder, corpus, dtype, batch_size, order, chunks, paths, mine, bar)
+            except Exception as e:  # noqa: BLE001
+                error = e
+            dist.check_all(error, "encoding the corpus")
+            seconds = time.perf_counter() - started
+            error = None
+            try:
+                if dist.is_main:
+                    meta = _meta(encoder, key, fingerprint, dtype, n, chunk_size, already, seconds)
+                    meta["ranks"] = dist.world_size
+                    _assemble(final, paths, chunks, order, doc_ids, meta)
+                    shutil.rmtree(final + ".partial", ignore_errors=True)
+            except Exception as e:  # noqa: BLE001
+                error = e
+            dist.check_all(error, "assembling the corpus cache")
+        if dist.is_main:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
 
 
 @contextlib.contextmanager

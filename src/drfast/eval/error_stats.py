@@ -288,17 +288,20 @@ def _percent(f: float) -> str:
 
 
 def exact_positive_ranks(index, query_embeddings, positives_rows: Sequence[Sequence[int]],
-                         batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+                         batch_size: int = 64, steps: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(pos_offsets int64 [Q+1], pos_ranks int64 [nnz]): each positive's 1-based rank over the whole index,
-    from fused searches of `batch_size` queries (memory O(batch_size * block), never [Q, N])."""
+    from fused searches of `batch_size` queries (memory O(batch_size * block), never [Q, N]).
+    steps: search at least this many times, with empty batches past the end (a ShardedIndex's search
+    is collective: every rank must call it equally often, also with fewer queries or none)."""
     emb = np.ascontiguousarray(query_embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(positives_rows):
         raise ValueError(f"query_embeddings: expected shape [{len(positives_rows)}, d] (one row per positives "
                          f"list), got {list(emb.shape)}")
     offsets = offsets_of(positives_rows)
     ranks = np.empty(int(offsets[-1]), np.int64)
-    for start in range(0, len(positives_rows), batch_size):
-        end = min(start + batch_size, len(positives_rows))
+    n = len(positives_rows)
+    for start in range(0, max(n, steps * batch_size), batch_size):
+        start, end = min(start, n), min(start + batch_size, n)
         res = index.search(emb[start:end], k=1, positives=[list(p) for p in positives_rows[start:end]])
         ranks[offsets[start]:offsets[end]] = np.asarray(res.pos_ranks)
     return offsets, ranks

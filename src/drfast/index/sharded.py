@@ -49,14 +49,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
+from drfast.common.distributed import current, slice_of
 from drfast.index.flat import FlatIndex
-from drfast.index.format import check_rows
+from drfast.index.format import check_rows, doc_id_map
 from drfast.index.pq import PQIndex
+from drfast.index.spec import parse_index_spec
 from drfast.search.dispatch import as_tensor, choose_backend, flat_search, pq_search, positive_scores
 from drfast.search.result import SearchResult
 from drfast.search.torch_path import ordered_topk, pair_weights
@@ -83,10 +85,12 @@ class ShardedIndex:
     Construction is collective (it gathers the ranks' sizes). Attributes: ntotal (global rows), dim,
     row_offset and local_rows (this rank's global range), sizes (every rank's ntotal),
     last_search_stats (per step of the last search: seconds and bytes this rank sent).
-    The global doc ids are not gathered: `local_index.doc_ids` names rows local_rows.
+    The global doc ids are not gathered: `local_index.doc_ids` names rows local_rows; `doc_ids`
+    (optional, the same on every rank) names all ntotal rows and is kept as `self.doc_ids` (a DocIdMap,
+    compact: what the evaluation pipelines translate the global rows of results with).
     """
 
-    def __init__(self, local_index: Any, group: Any = None):
+    def __init__(self, local_index: Any, group: Any = None, doc_ids: Optional[Sequence[str]] = None):
         dist = _dist()
         if not isinstance(local_index, (FlatIndex, PQIndex)):
             raise TypeError(f"local_index: expected a FlatIndex or PQIndex, got {type(local_index).__name__}")
@@ -112,6 +116,22 @@ class ShardedIndex:
         self.sizes = [int(x) for x in every[:, 0]]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.row_offset = int(self.offsets[self.rank])
+        self.doc_ids = None if doc_ids is None else doc_id_map(doc_ids, self.ntotal)
+
+    @classmethod
+    def from_full(cls, index: Any, doc_ids: Optional[Sequence[str]] = None) -> "ShardedIndex":
+        """Collective (default group): this rank's rows slice_of(N, rank, W) of `index`, a FlatIndex or
+        PQIndex that every rank holds whole (e.g. memory-mapped by load_index: only the slice is read),
+        with its doc ids (or `doc_ids`) for all rows. A flat index's first pass is rebuilt for the slice."""
+        if not isinstance(index, (FlatIndex, PQIndex)):
+            raise TypeError(f"index: expected a FlatIndex or PQIndex, got {type(index).__name__}")
+        ctx = current()
+        lo, hi = slice_of(index.ntotal, ctx.rank, ctx.world_size)
+        if isinstance(index, PQIndex):
+            local = PQIndex(index.centroids, index.codes[lo:hi], index.rotation)
+        else:
+            local = FlatIndex(index.emb[lo:hi], first_pass=index.first_pass)
+        return cls(local, doc_ids=index.doc_ids if doc_ids is None else doc_ids)
 
     # ---- properties -----------------------------------------------------------------------------
     @property
@@ -389,3 +409,30 @@ class ShardedIndex:
             vectors = self._all_to_all(payload.detach().float(), recv, send).to(self.local.device)
         inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(vectors.device)
         return vectors[inverse]
+
+
+def build_sharded_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0,
+                        first_pass: Any = None) -> ShardedIndex:
+    """Collective (default group): the sharded counterpart of index.spec.build_index over `emb`
+    [N, d], which every rank holds whole (e.g. the memory-mapped corpus cache). Each rank keeps rows
+    slice_of(N, rank, W): flat, a FlatIndex of its rows (with `first_pass`); pq/opq, the codebooks and
+    codes rank 0 trains and encodes exactly as build_index does (so the codes equal a single process's),
+    the codebooks broadcast and the codes scattered. Errors on one rank raise on every rank."""
+    kind, m = parse_index_spec(spec)
+    ctx = current()
+    lo, hi = slice_of(len(emb), ctx.rank, ctx.world_size)
+    if kind == "flat":
+        return ShardedIndex(FlatIndex(emb[lo:hi], first_pass=first_pass), doc_ids=doc_ids)
+    error, parts = None, None
+    try:
+        if ctx.is_main:
+            full = PQIndex.train(emb, m=m, seed=seed, opq=kind == "opq")
+            shared = (full.centroids.numpy(), None if full.rotation is None else full.rotation.numpy())
+            parts = [(shared, full.codes[slice(*slice_of(full.ntotal, r, ctx.world_size))])
+                     for r in range(ctx.world_size)]
+    except Exception as e:  # noqa: BLE001 (raised on every rank by check_all)
+        error = e
+    ctx.check_all(error, "training the PQ codebooks")
+    (centroids, rotation), codes = ctx.scatter(parts)
+    return ShardedIndex(PQIndex(centroids, codes, rotation), doc_ids=doc_ids)
+

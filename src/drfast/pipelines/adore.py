@@ -13,11 +13,13 @@ import torch
 
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int
+from drfast.common.distributed import init_distributed
 from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder, save_encoder
 from drfast.eval.overlap import NegativeOverlapHook
 from drfast.eval.retrieve import retrieve
 from drfast.eval.trec import evaluate
+from drfast.index.sharded import ShardedIndex
 from drfast.index.spec import build_index, parse_index_spec
 from drfast.pipelines.corpus import corpus_embeddings, corpus_index
 from drfast.pipelines.inputs import check_beir, check_index_spec, check_model, check_output_dir
@@ -36,7 +38,8 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
               overlap_every: int = 0, static_negatives: Optional[Dict[str, Sequence[str]]] = None,
               device: str = "auto", resume: bool = False, overwrite: bool = False,
               first_pass: Optional[str] = None, index_dir: Optional[str | os.PathLike] = None,
-              gpu_memory: Optional[int | str] = None, ignore_plan: bool = False) -> dict:
+              gpu_memory: Optional[int | str] = None, ignore_plan: bool = False,
+              shard_index: Optional[bool] = None) -> dict:
     """Encode the corpus with the starting model (cached), build the index, evaluate, train the query
     encoder with ADORE, evaluate again, save the query encoder to OUTPUT/query_encoder and write
     OUTPUT/metrics.json ({"before", "after", "config", "timings"}). `query_model` (default: `model`)
@@ -63,9 +66,21 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     does not fit in `gpu_memory` (bytes or "11GB"; default: the free memory of the CUDA device, when
     one is used) or in the host's available RAM is refused unless `ignore_plan`. Its placement is
     applied (the index on the GPU, or on the host searched by the CPU while the encoder trains on the
-    GPU) and the plan is written to metrics.json under "memory_plan"."""
+    GPU) and the plan is written to metrics.json under "memory_plan".
+
+    Under torchrun (torch.distributed, drfast.common.distributed.init_distributed) each process is a
+    rank: `config.batch_size` stays the global batch, each rank encodes its contiguous share, DDP
+    averages the gradients (the result equals one process's up to float summation order). The index
+    is replicated (each rank searches its own queries) or, with `shard_index` (default: when the
+    memory plan says the run does not fit one device), split into contiguous row ranges searched
+    collectively (drfast.ShardedIndex). Rank 0 fills the corpus cache, writes the checkpoints, the
+    log, the query encoder and metrics.json; "before"/"after" are evaluated by rank 0 (replicated) or
+    by every rank together (sharded)."""
+    ctx = init_distributed()
     config = config or AdoreConfig()
     config.check()
+    if shard_index is not None and not isinstance(shard_index, bool):
+        raise TypeError(f"shard_index: expected a bool or None, got {type(shard_index).__name__}")
     check_int(eval_every, "eval_every", 0)
     check_int(overlap_every, "overlap_every", 0)
     if static_negatives is not None and not overlap_every:
@@ -85,7 +100,8 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
                               first_pass=(meta.get("first_pass") or {}).get("kind"), config=config, device=device,
                               gpu_memory=gpu_memory, dtype=meta.get("dtype", "float32"), document_tower=False,
                               query_max_length=(encoder_options or {}).get("query_max_length"),
-                              ignore_plan=ignore_plan)
+                              ignore_plan=ignore_plan or (ctx.distributed and shard_index is not False),
+                              show=ctx.is_main)
         timings: dict = {}
         t_all = time.perf_counter()
         index, (train, test), query_encoder = load_saved_index_inputs(data_dir, index_dir, model, query_model,
@@ -107,11 +123,17 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         plan = plan_adore_run(docs=len(train.corpus), dim=dim, index=index_spec, first_pass=first_pass,
                               model=query_model or model, config=config, device=device, gpu_memory=gpu_memory,
                               dtype=dtype, query_max_length=(encoder_options or {}).get("query_max_length"),
-                              doc_ids=train.corpus.doc_ids, ignore_plan=ignore_plan)
+                              doc_ids=train.corpus.doc_ids,
+                              ignore_plan=ignore_plan or (ctx.distributed and shard_index is not False),
+                              show=ctx.is_main)
         # the query tower starts from query_model
         encoders = BiEncoder.load(model, query_model, **(encoder_options or {}))
+        if not ctx.is_main:
+            ctx.barrier()  # rank 0 encodes the corpus into the cache first; the others read it
         index = corpus_index(data_dir, encoders, index_spec=index_spec, first_pass=first_pass, cache_dir=cache_dir,
                              dtype=dtype, encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+        if ctx.is_main:
+            ctx.barrier()
         query_encoder = encoders.query_encoder
         if encoders.shared:  # the document tower's weights must stay those of the index
             query_encoder = copy.deepcopy(query_encoder)
@@ -121,10 +143,17 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
             index = index.to(query_encoder.device)
     elif device not in ("auto", "cpu"):
         raise ValueError(f"device: {device!r} asked for but torch sees no CUDA device")
+    sharded = ctx.distributed and (shard_index if shard_index is not None else plan is not None and not plan.fits)
+    if sharded:  # each rank keeps its contiguous row range; search and gather become collective
+        index = ShardedIndex.from_full(index)
 
     def evaluate_on(idx) -> dict:
+        """The metrics (rank 0; a sharded index: every rank searches together, {} on the others)."""
+        if not isinstance(idx, ShardedIndex) and not ctx.is_main:
+            return {}
         with torch.inference_mode():
-            return evaluate(retrieve(idx, query_encoder, test.queries, k=100, show_progress=False), test.qrels)
+            run = retrieve(idx, query_encoder, test.queries, k=100, show_progress=False)  # None on ranks > 0
+        return evaluate(run, test.qrels) if ctx.is_main else {}
 
     extra = {}
     if also_evaluate_on:  # the same cached corpus embeddings as the main index
@@ -162,6 +191,9 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     after = evaluate_on(index)
     after_extra = {spec: evaluate_on(idx) for spec, idx in extra.items()}
     timings["evaluate_after_s"] = round(time.perf_counter() - t0, 3)
+    if not ctx.is_main:  # rank 0 writes the results
+        ctx.barrier()
+        return {"before": before, "after": after, "timings": timings}
     save_encoder(query_encoder, output / "query_encoder")
     if config.train_centroids:
         index.save(output / "index")
@@ -173,11 +205,13 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
                          "encode_batch_size": encode_batch_size, "index_seed": index_seed, "first_pass": first_pass,
                          "also_evaluate_on": list(also_evaluate_on), "device": str(query_encoder.device),
                          "eval_every": eval_every, "overlap_every": overlap_every,
-                         "score_scale_used": trainer.scale, **dataclasses.asdict(config)},
+                         "score_scale_used": trainer.scale, "world_size": ctx.world_size,
+                         "shard_index": sharded, **dataclasses.asdict(config)},
               "timings": timings}
     report["memory_plan"] = None if plan is None else plan.to_dict()
     if extra:
         report["other_indexes"] = {spec: {"before": before_extra[spec], "after": after_extra[spec]} for spec in extra}
     write_json_atomic(output / "metrics.json", report)
+    ctx.barrier()
     return report
 

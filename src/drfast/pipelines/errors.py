@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from drfast.common.atomic import save_npy_atomic, write_json_atomic
 from drfast.common.checks import check_int
 from drfast.common.csr import offsets_of
+from drfast.common.distributed import DistContext
 from drfast.common.timing import timed
 from drfast.encode.corpus_cache import corpus_cache_key
 from drfast.eval import error_stats as stats
@@ -35,13 +36,17 @@ def run_errors(data_dir: str | os.PathLike, model: Optional[str], output: str | 
                encoder_options: Optional[dict] = None, cache_dir: Optional[str | os.PathLike] = None,
                dtype: str = "float16", encode_batch_size: int = 32, query_batch_size: int = 64,
                index_seed: int = 0, first_pass: Optional[str] = None, chunk_size: int = 4096,
-               plot: bool = True, index_dir: Optional[str | os.PathLike] = None) -> dict:
+               plot: bool = True, index_dir: Optional[str | os.PathLike] = None,
+               dist: Optional[DistContext] = None) -> Optional[dict]:
     """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
 
     Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
     chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped.
     With `index_dir`, a saved index is searched instead (no corpus text, no corpus encoding; see
-    pipelines.saved_index): the query encoder is `query_model`, else `model`."""
+    pipelines.saved_index): the query encoder is `query_model`, else `model`.
+    With `dist` of several ranks (torchrun), collective: a ShardedIndex, the query chunks shared out
+    among the ranks, and rank 0 alone writes the chunks, errors.json and errors.png (the same as one
+    process's) and returns the report; the other ranks return None."""
     check_int(k, "k", 1)  # every argument is checked before any model is loaded
     check_int(query_batch_size, "query_batch_size", 1)
     check_int(chunk_size, "chunk_size", 1)
@@ -50,7 +55,7 @@ def run_errors(data_dir: str | os.PathLike, model: Optional[str], output: str | 
     t_all = time.perf_counter()
     found = split_and_index(data_dir, model, query_model, split, index_dir=index_dir, index_spec=index_spec,
                             first_pass=first_pass, encoder_options=encoder_options, cache_dir=cache_dir, dtype=dtype,
-                            encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings)
+                            encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings, dist=dist)
     data, index, query_encoder = found.data, found.index, found.query_encoder
     if index_dir is not None:  # the run key's document side: the saved index's files
         doc_encoder, corpus = query_encoder, _IndexFolder(index_dir)
@@ -62,8 +67,14 @@ def run_errors(data_dir: str | os.PathLike, model: Optional[str], output: str | 
     key = _run_key(doc_encoder, query_encoder, corpus, data, qids, rows, index_spec, index_seed, dtype)
     work = output / f".ranks-{key}"
     with timed(timings, "ranks_s"):
-        offsets, ranks = _ranks_in_chunks(index, query_encoder, [data.queries[q] for q in qids], rows,
-                                          work, query_batch_size, chunk_size)
+        texts = [data.queries[q] for q in qids]
+        if dist is not None and dist.distributed:
+            offsets, ranks = _ranks_in_chunks_sharded(dist, index, query_encoder, texts, rows, work,
+                                                      query_batch_size, chunk_size)
+            if not dist.is_main:
+                return None
+        else:
+            offsets, ranks = _ranks_in_chunks(index, query_encoder, texts, rows, work, query_batch_size, chunk_size)
     timings["numba_compile_s"] = round(stats.compile_kernel(), 3)  # a cache load after the first run
     with timed(timings, "statistics_s"):
         result = stats.error_statistics(offsets, ranks, k=k, n_docs=index.ntotal)
@@ -124,4 +135,53 @@ def _ranks_in_chunks(index, query_encoder, texts: List[str], rows: List[List[int
                 save_npy_atomic(path, chunk_ranks)  # a chunk file exists only once it is complete
             parts.append(np.load(path))
             bar.update(end - start)
+    return offsets_of(rows), np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _ranks_in_chunks_sharded(dist: DistContext, index, query_encoder, texts: List[str], rows: List[List[int]],
+                             work: Path, batch_size: int, chunk_size: int):
+    """_ranks_in_chunks on a ShardedIndex, collective. Rank 0 lists the chunks not saved yet; they go
+    out in rounds of W (rank r takes the round's r-th), each encoded and searched as one process does
+    it (the same texts, the same batches: the same ranks); every rank searches as often as the round's
+    longest chunk needs, and rank 0 gathers and saves the round's chunks (resumable per round).
+    Returns (offsets, ranks) on rank 0, (None, None) on the others."""
+    chunks = [(s, min(s + chunk_size, len(texts))) for s in range(0, len(texts), chunk_size)]
+    paths = [work / f"chunk_{s:010d}_{e:010d}.npy" for s, e in chunks]
+    error, todo = None, None
+    try:
+        if dist.is_main:
+            work.mkdir(parents=True, exist_ok=True)
+            todo = [i for i, p in enumerate(paths) if not p.exists()]
+    except Exception as e:  # noqa: BLE001 (raised on every rank by check_all)
+        error = e
+    dist.check_all(error, "preparing the rank chunks")
+    todo = dist.broadcast(todo)
+    W = dist.world_size
+    with tqdm(total=len(texts), desc="exact ranks", unit="query", disable=not dist.is_main) as bar:
+        bar.update(len(texts) - sum(chunks[i][1] - chunks[i][0] for i in todo))
+        for at in range(0, len(todo), W):
+            round_ = todo[at:at + W]
+            steps = max(-(-(chunks[i][1] - chunks[i][0]) // batch_size) for i in round_)
+            mine = round_[dist.rank] if dist.rank < len(round_) else None
+            s, e = chunks[mine] if mine is not None else (0, 0)
+            error, emb = None, None
+            try:
+                emb = query_encoder.encode(texts[s:e], batch_size=batch_size)
+            except Exception as ex:  # noqa: BLE001
+                error = ex
+            dist.check_all(error, "encoding the queries")
+            _, chunk_ranks = exact_positive_ranks(index, emb, rows[s:e], batch_size, steps=steps)
+            every = dist.gather((mine, chunk_ranks))
+            error = None
+            try:
+                for i, r in every or ():
+                    if i is not None:
+                        save_npy_atomic(paths[i], r)
+            except Exception as ex:  # noqa: BLE001
+                error = ex
+            dist.check_all(error, "saving the rank chunks")
+            bar.update(sum(chunks[i][1] - chunks[i][0] for i in round_))
+    if not dist.is_main:
+        return None, None
+    parts = [np.load(p) for p in paths]
     return offsets_of(rows), np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -8,6 +8,7 @@ from typing import Dict, Optional
 
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_choice, check_int
+from drfast.common.distributed import init_distributed
 from drfast.common.timing import timed
 from drfast.data import load_beir
 from drfast.encode.corpus_cache import corpus_cache_key
@@ -55,7 +56,13 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
 
     OUTPUT/run holds the training run: `resume` continues it to the weights of an uninterrupted run
     (refused when settings or inputs differ), `overwrite` starts it over; a run folder with a
-    checkpoint and neither is refused. Arguments are checked before any model is loaded."""
+    checkpoint and neither is refused. Arguments are checked before any model is loaded.
+
+    Under torchrun (torch.distributed) `config.batch_size` stays the global batch: each rank encodes
+    its share of the queries and of the batch's documents, the documents are gathered across ranks
+    with their gradients (every query sees the global batch's documents, as in one process) and DDP
+    averages the gradients. Rank 0 mines the negatives, evaluates and writes the results."""
+    ctx = init_distributed()
     config = config or StarConfig()
     method = config.method
     check_choice(method, "method", PIPELINE_METHODS)
@@ -73,12 +80,14 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
     model_ = BiEncoder.load(model, **(encoder_options or {}))
     corpus = dict(cache_dir=cache_dir, dtype=dtype, encode_batch_size=encode_batch_size)
     keys = {"before": corpus_cache_key(model_.doc_encoder, test.corpus, dtype)}
-    with timed(timings, "evaluate_before_s"):
-        before = evaluate_encoders(data_dir, test, model_, **corpus)
-    hard = None
-    if method in ("star", "static", "trisampler"):
-        with timed(timings, "negatives_s"):
-            hard = static_negatives(train, model_, source=negatives, method=method, seed=config.seed, **corpus)
+    before, hard = {}, None
+    if ctx.is_main:  # rank 0 evaluates and mines (filling the corpus cache); the others get the negatives
+        with timed(timings, "evaluate_before_s"):
+            before = evaluate_encoders(data_dir, test, model_, **corpus)
+        if method in ("star", "static", "trisampler"):
+            with timed(timings, "negatives_s"):
+                hard = static_negatives(train, model_, source=negatives, method=method, seed=config.seed, **corpus)
+    hard = ctx.broadcast(hard)
     hooks = []
     if overlap_every:
         depth = 200  # the depth the static negatives are mined from (static_negatives' k)
@@ -97,6 +106,9 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
     with timed(timings, "train_s"):
         trainer.train(resume=resume, overwrite=overwrite)
     keys["after"] = corpus_cache_key(model_.doc_encoder, test.corpus, dtype)  # the trained document tower's
+    if not ctx.is_main:  # rank 0 evaluates and writes the results
+        ctx.barrier()
+        return {"before": before, "after": {}, "timings": timings}
     with timed(timings, "evaluate_after_s"):
         after = evaluate_encoders(data_dir, test, model_, **corpus)
     save_encoder(model_.query_encoder, output / "model" / "query")
@@ -106,6 +118,7 @@ def run_star(data_dir, model: str, output, *, negatives: str = "model", train_sp
               "config": {"data": str(data_dir), "model": model, "negatives": negatives, "method": method,
                          "train_split": train_split, "eval_split": eval_split, "dtype": dtype,
                          "encode_batch_size": encode_batch_size, "overlap_every": overlap_every,
-                         **dataclasses.asdict(config)}}
+                         "world_size": ctx.world_size, **dataclasses.asdict(config)}}
     write_json_atomic(output / "metrics.json", report)
+    ctx.barrier()
     return report

@@ -22,8 +22,10 @@ import torch
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
+from drfast.common.distributed import current, share_of_mean
+from drfast.index.sharded import ShardedIndex
 from drfast.search.rank_metrics import mean_mrr
-from drfast.train.core import TrainConfig, TrainingRun, digest, sample_rows
+from drfast.train.core import TrainConfig, TrainingRun, digest, encode_some, sample_rows
 from drfast.train.losses import adore_loss
 
 
@@ -78,8 +80,15 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
     """The non-encoder part of an ADORE step: (loss, info) for query embeddings q [B, d] (with grad).
 
     One fused search gives the top-k, the positives' exact ranks and the pair weights; candidates and
-    positives are scored with gradients against the index's own (decoded) vectors."""
+    positives are scored with gradients against the index's own (decoded) vectors. A ShardedIndex
+    (torch.distributed) searches and gathers collectively: every rank calls this once per step, with
+    B = 0 too; positives are global rows."""
     B = q.shape[0]
+    if B == 0 and not isinstance(index, ShardedIndex):  # a rank without queries: nothing to search
+        stats = dict.fromkeys(("pairs", "nonzero_pairs", "mean_weight", "queries_with_pairs",
+                               "frac_queries_with_pairs", "positives_used", "mrr10", "search_s", "gather_s",
+                               "loss_s"), 0.0)
+        return q.sum() * 0.0, stats
     t0 = time.perf_counter()
     # Mixed placement (index on the host, encoder on a GPU): search the host copy of the queries; only
     # the candidate ids, pair weights and gathered rows cross back (pinned, non-blocking).
@@ -87,7 +96,7 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
                        cutoff=cutoff)
     t1 = time.perf_counter()
     cand = to_device(index.reconstruct(res.ids.clamp(min=0).reshape(-1).cpu()), q.device)
-    cand = cand.view(B, res.ids.shape[1], -1)
+    cand = cand.view(B, res.ids.shape[1], index.dim)
     pos = to_device(index.reconstruct(res.pos_ids.cpu()), q.device)
     ids, offsets, pos_ids = (to_device(t, q.device) for t in (res.ids, res.pos_offsets, res.pos_ids))
     pos_query = row_of_each(offsets)
@@ -145,6 +154,9 @@ class AdoreTrainer(TrainingRun):
         if not self.rows:
             raise ValueError("positives: no training query")
         config.check_index_kind(getattr(index, "kind", type(index).__name__))
+        if config.train_centroids and current().distributed:
+            raise ValueError("train_centroids: JPQ is not supported under torchrun yet (its centroids are trained "
+                             "outside the encoder's forward pass); train it in one process")
         self.start_index, model, groups = index, query_encoder, None
         if config.train_centroids:
             model = EncoderAndCentroids(query_encoder, index.centroids)
@@ -163,17 +175,21 @@ class AdoreTrainer(TrainingRun):
         rows (cheap at any size)."""
         start = self.start_index
         rows = sample_rows(start.ntotal)
-        index = [type(start).__name__, start.ntotal, start.dim, start.doc_ids.take(rows), digest(start.reconstruct(rows))]
+        kind = type(getattr(start, "local", start)).__name__  # a ShardedIndex: its shards' kind (same rows)
+        index = [kind, start.ntotal, start.dim, start.doc_ids.take(rows), digest(start.reconstruct(rows))]
         return {**super().identity(), "queries": digest([self.queries[q] for q in self.items]),
                 "positives": digest([self.rows[q] for q in self.items]), "index": digest(index)}
 
     def micro_batch(self, qids: Sequence[str]):
+        qids = self.local(qids)  # this rank's share of the global batch (all of it in one process)
         with self.autocast():
-            q = self.encoder([self.queries[qid] for qid in qids])
+            q = self.forward(encode_some, self.encoder, [self.queries[qid] for qid in qids])
         t0 = time.perf_counter()
         c = self.config
         loss, info = adore_batch_loss(q.float(), self.index, [self.rows[qid] for qid in qids], c.k, c.cutoff,
                                       self.scale, c.only_if_unretrieved, c.normalizer)
+        # the loss is a mean over the queries with pairs: this rank's share of the global batch's mean
+        loss = share_of_mean(loss, info["queries_with_pairs"])
         # search + gather + loss: the part drfast owns (its backward is folded into the encoder's)
         return loss, dict(info, nonencoder_s=time.perf_counter() - t0)
 

@@ -12,6 +12,13 @@ current ones (`check_resumable`): every TrainConfig field but those in `RESUME_M
 run's `identity()` (the starting model's weights and encoder settings, the training data, the index
 or corpus), and refuses any difference, so a checkpoint never continues under settings it was not
 trained with.
+
+Under torch.distributed (torchrun; drfast.common.distributed) every rank runs the same loop over the
+same global batches: a trainer encodes its rank's contiguous share (`local`, through `forward`, which
+goes through DistributedDataParallel) and scales its loss with `share_of_mean`, so that DDP's average
+of the gradients is the one-process gradient up to float summation order. Rank 0 writes config.json
+(with `world_size`), the log and the checkpoint (the others wait at a barrier; each rank's random
+state is saved); a checkpoint resumes only on the same world size.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from tqdm.auto import tqdm
 from drfast.common.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
+from drfast.common.distributed import all_reduce_sum, current
 from drfast.encode.corpus_cache import weights_digest
 from drfast.encode.encoders import Encoder
 
@@ -142,9 +150,37 @@ class TrainingRun:
         self.micro = 0         # micro-batches done (position in the data order)
         self.history: List[dict] = []
         self._identity: Dict[str, str] = {}  # identity() of the starting point, set by train()
+        # torch.distributed (torchrun): DDP averages the gradients over the ranks; each rank trains on
+        # its contiguous share of every global batch (`local`), through `forward`
+        self.dist = current()
+        self._ddp = None
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = self.device.type == "cuda"
+            # find_unused_parameters: a Hugging Face model's pooler (unused by CLS/mean pooling) gets no gradient
+            self._ddp = DistributedDataParallel(_Call(model), device_ids=[self.device] if cuda else None,
+                                                find_unused_parameters=True)
 
     def micro_batch(self, items: Sequence) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """(loss, info) of one micro-batch: `items` is the GLOBAL batch (the same on every rank);
+        under torch.distributed a trainer computes its rank's share `self.local(items)` through
+        `self.forward`, and returns a loss scaled with drfast.common.distributed.share_of_mean."""
         raise NotImplementedError
+
+    def local(self, items: Sequence) -> Sequence:
+        """This rank's contiguous share of the global batch `items` (all of it in a single process)."""
+        start, stop = self.dist.slice(len(items))
+        return items[start:stop]
+
+    def forward(self, fn: Callable, *args):
+        """fn(*args), a forward pass of (parts of) `self.model`; under torch.distributed through
+        DistributedDataParallel, so that the backward pass averages the gradients over the ranks."""
+        return fn(*args) if self._ddp is None else self._ddp(fn, *args)
+
+    def run_config(self) -> dict:
+        """config.json: the TrainConfig and the number of processes (resume needs the same)."""
+        return {**dataclasses.asdict(self.config), "world_size": self.dist.world_size}
 
     def autocast(self):
         if self.config.amp == "none":
@@ -160,7 +196,10 @@ class TrainingRun:
         t0 = time.perf_counter()
         loss, info = self.micro_batch(items)
         self.scaler.scale(loss / self.config.grad_accum).backward()
-        return dict(info, loss=float(loss.detach()), micro_s=time.perf_counter() - t0)
+        value = float(loss.detach())
+        if self.dist.distributed:  # the global batch's loss: the mean of the ranks' scaled shares
+            value = float(all_reduce_sum([value])[0]) / self.dist.world_size
+        return dict(info, loss=value, micro_s=time.perf_counter() - t0)
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -196,21 +235,26 @@ class TrainingRun:
         `resume=True` continues it (refused when settings or inputs differ, see `check_resumable`)
         and `overwrite=True` starts over; with neither, FileExistsError."""
         c = self.config
+        main = self.dist.is_main
         resuming = check_run_dir(self.output_dir, c, resume=resume, overwrite=overwrite)
+        self.dist.barrier()  # every rank has looked at the run folder before rank 0 changes it
         if self.output_dir is not None:
-            self._identity = self.identity()  # of the starting point, before any step
+            self._identity = self.identity()  # of the starting point, before any step (collective: every rank)
             if resuming:
                 state = self._read_checkpoint()
+                check_world_size(self.output_dir, state["config"], self.dist.world_size)
                 check_resumable(self.output_dir, {**state["config"], **state["identity"]},
-                                {**dataclasses.asdict(c), **self._identity})
-            else:  # overwrite: an earlier run's checkpoint goes now, not at this run's first save
+                                {**self.run_config(), **self._identity})
+            elif main:  # overwrite: an earlier run's checkpoint goes now, not at this run's first save
                 (self.output_dir / CHECKPOINT).unlink(missing_ok=True)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.output_dir / CONFIG, dataclasses.asdict(c))
+            if main:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(self.output_dir / CONFIG, self.run_config())
+            self.dist.barrier()
         if resuming:
             self._restore(state)
         else:
-            torch.manual_seed(c.seed)
+            torch.manual_seed(c.seed + self.dist.rank)  # rank 0: the single process's draws
             random.seed(c.seed)
             self._write_log()  # the log mirrors the history: no records left from an earlier run here
         self.model.train()
@@ -220,7 +264,7 @@ class TrainingRun:
             if start:
                 self._log({"step": 0, "epoch": 0, **start})
         bar = tqdm(total=self.total_steps, initial=self.step, desc=type(self).__name__.replace("Trainer", ""),
-                   unit="step")
+                   unit="step", disable=not main)
         started, first_step = time.perf_counter(), self.step
         window: List[dict] = []
         while self.step < self.total_steps:
@@ -259,6 +303,8 @@ class TrainingRun:
     # ---- run files --------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.dist.is_main:  # the history is kept on every rank, the files by rank 0
+            return
         if self.writer is not None:
             for name, value in record.items():
                 if name != "step" and isinstance(value, (int, float)):
@@ -270,15 +316,20 @@ class TrainingRun:
     def _save_checkpoint(self) -> None:
         if self.output_dir is None:
             return
-        state = {
-            "step": self.step, "micro": self.micro, "history": self.history,
-            "config": dataclasses.asdict(self.config), "identity": self._identity,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
-        save_torch_atomic(self.output_dir / CHECKPOINT, state)
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        rngs = self.dist.gather(rng) if self.dist.distributed else None  # each rank's draws (dropout) resume too
+        if self.dist.is_main:  # the weights are the same on every rank: rank 0 writes, the others wait
+            state = {
+                "step": self.step, "micro": self.micro, "history": self.history,
+                "config": self.run_config(), "identity": self._identity,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
+            }
+            if rngs is not None:
+                state["rng_ranks"] = rngs
+            save_torch_atomic(self.output_dir / CHECKPOINT, state)
+        self.dist.barrier()
 
     def _read_checkpoint(self) -> dict:
         path = self.output_dir / CHECKPOINT
@@ -299,16 +350,36 @@ class TrainingRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.micro, self.history = state["step"], state["micro"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng_ranks"][self.dist.rank] if "rng_ranks" in state else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self._write_log()  # the records up to the checkpoint (later ones are redone); repairs a damaged log
 
     def _write_log(self) -> None:
-        if self.output_dir is not None:
+        if self.output_dir is not None and self.dist.is_main:
             write_text_atomic(self.output_dir / LOG, "".join(json.dumps(r) + "\n" for r in self.history))
+
+
+def encode_some(encoder, texts: Sequence[str]) -> torch.Tensor:
+    """encoder(texts); [0, d] still connected to every parameter when `texts` is empty (a rank
+    without items in a distributed step takes part in the gradient average with zeros)."""
+    return encoder(list(texts)) if len(texts) else encoder([""])[:0]
+
+
+class _Call(torch.nn.Module):
+    """What DistributedDataParallel wraps: `model` as a submodule (its parameters), and a forward
+    that runs any function of it, so that a trainer's forward passes (one tower, both towers) go
+    through DDP."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable, *args):
+        return fn(*args)
 
 
 _STATE_KEYS = ("step", "micro", "history", "config", "identity", "model", "optimizer", "scheduler", "scaler", "rng")
@@ -338,17 +409,32 @@ def check_run_dir(run_dir: Optional[str | os.PathLike], config: TrainConfig, *, 
         raise FileExistsError(f"{name}: {run_dir} holds the checkpoint of an earlier run; pass --resume to continue "
                               f"it or --overwrite to start over")
     if (run_dir / CONFIG).exists():
-        check_resumable(run_dir, _read_config(run_dir / CONFIG), dataclasses.asdict(config))
+        saved = _read_config(run_dir / CONFIG)
+        world_size = current().world_size
+        check_world_size(run_dir, saved, world_size)
+        check_resumable(run_dir, saved, {**dataclasses.asdict(config), "world_size": world_size})
     return True
+
+
+def check_world_size(run_dir: Path, saved: dict, world_size: int) -> None:
+    """ValueError (naming resume) when the run was trained on another number of processes (a run
+    saved before world_size was recorded was trained on 1)."""
+    was = saved.get("world_size", 1)
+    if was != world_size:
+        raise ValueError(f"resume: the run in {run_dir} was trained on {was} process(es) (torch.distributed world "
+                         f"size) and this one has {world_size}; resume it with the same number (torchrun "
+                         f"--nproc_per_node/--nnodes), or pass --overwrite to start over")
 
 
 def check_resumable(run_dir: Path, saved: dict, current: dict) -> None:
     """ValueError naming each entry (setting or input digest) where `current` differs from `saved`
     (old -> new), but for the settings in RESUME_MAY_CHANGE."""
-    saved, current = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(current, default=str))
-    differ = [f"{key} {saved.get(key, '(none)')!r} -> {current.get(key, '(none)')!r}"
-              for key in sorted(set(saved) | set(current))
-              if key not in RESUME_MAY_CHANGE and saved.get(key) != current.get(key)]
+    saved, now = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(current, default=str))
+    for entries in (saved, now):  # runs saved before it was recorded ran in one process
+        entries.setdefault("world_size", 1)
+    differ = [f"{key} {saved.get(key, '(none)')!r} -> {now.get(key, '(none)')!r}"
+              for key in sorted(set(saved) | set(now))
+              if key not in RESUME_MAY_CHANGE and saved.get(key) != now.get(key)]
     if differ:
         raise ValueError(f"resume: the run in {run_dir} was trained with other settings or inputs: "
                          f"{'; '.join(differ)}. Resume with the same ones, or pass --overwrite to start over")

@@ -21,7 +21,8 @@ import torch
 
 from drfast.common.checks import check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
-from drfast.train.core import TrainConfig, TrainingRun, digest, sample_rows
+from drfast.common.distributed import all_gather_rows, share_of_mean, slice_of
+from drfast.train.core import TrainConfig, TrainingRun, digest, encode_some, sample_rows
 from drfast.train.losses import ranknet_loss
 
 METHODS = ("star", "inbatch", "randneg", "static")
@@ -49,10 +50,12 @@ class StarConfig(TrainConfig):
 
 def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, neg_cols: torch.Tensor,
                     known_pos: torch.Tensor, method: str = "star", alpha: Optional[float] = None,
-                    score_scale: float = 1.0) -> torch.Tensor:
+                    score_scale: float = 1.0, reduce: Optional[Callable] = None) -> torch.Tensor:
     """Loss of one batch: q [B, d] and the batch's distinct documents docs [U, d]; pos_col [B] is each
     query's positive column, neg_cols [B, n] its own negatives' columns (-1: none), known_pos [B, U]
-    True where a column is a positive of that query (those are never negatives)."""
+    True where a column is a positive of that query (those are never negatives). `reduce(mean, count)`,
+    when given, maps each RankNet mean (over `count` pairs) to what is returned in its place (under
+    torch.distributed: drfast.common.distributed.share_of_mean, q being a rank's share of the batch)."""
     B, U = q.shape[0], docs.shape[0]
     if known_pos.shape != (B, U):
         raise ValueError(f"known_pos: expected shape [{B}, {U}], got {tuple(known_pos.shape)}")
@@ -62,13 +65,18 @@ def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, 
     own.scatter_(1, torch.where(neg_cols < 0, U, neg_cols), True)
     hard = own[:, :U] & ~known_pos
     random = ~known_pos & ~own[:, :U]
+
+    def mean(mask):
+        loss = ranknet_loss(s_pos, s, mask, score_scale)
+        return loss if reduce is None else reduce(loss, int(mask.sum()))
+
     if method in ("randneg", "static"):
-        return ranknet_loss(s_pos, s, hard, score_scale)
+        return mean(hard)
     if method == "inbatch":
-        return ranknet_loss(s_pos, s, random, score_scale)
+        return mean(random)
     if alpha is None:
-        return ranknet_loss(s_pos, s, hard | random, score_scale)
-    return alpha * ranknet_loss(s_pos, s, random, score_scale) + ranknet_loss(s_pos, s, hard, score_scale)
+        return mean(hard | random)
+    return alpha * mean(random) + mean(hard)
 
 
 class StarTrainer(TrainingRun):
@@ -131,7 +139,7 @@ class StarTrainer(TrainingRun):
         return pos, negs
 
     def micro_batch(self, qids: Sequence[str]):
-        pos, negs = self._sample(qids)
+        pos, negs = self._sample(qids)  # of the GLOBAL batch: the same draws on every rank as in one process
         rows = np.unique(np.concatenate([pos, negs[negs >= 0]]))       # each document encoded once
         col = {int(r): i for i, r in enumerate(rows)}
         device = self.device
@@ -139,9 +147,20 @@ class StarTrainer(TrainingRun):
         neg_cols = torch.tensor([[col[int(r)] if r >= 0 else -1 for r in row] for row in negs], dtype=torch.int64,
                                 device=device).reshape(len(qids), -1)
         known_pos = torch.tensor(np.stack([np.isin(rows, self.pos_rows[q]) for q in qids]), device=device)
+        # Under torch.distributed each rank encodes its share of the queries and of the documents; the
+        # documents are gathered with their gradients in rank order, so the columns are the global
+        # batch's (those of one process) and each query is scored against all of them.
+        qa, qb = self.dist.slice(len(qids))
+        da, db = self.dist.slice(len(rows))
         with self.autocast():
-            q = self.model.query_encoder([self.queries[qid] for qid in qids])
-            d = self.model.doc_encoder(self.corpus.texts(rows))
-        loss = star_batch_loss(q.float(), d.float(), pos_col, neg_cols, known_pos, self.config.method,
-                               self.config.alpha, self.scale)
+            q, d = self.forward(self._encode_share, [self.queries[qid] for qid in qids[qa:qb]],
+                                self.corpus.texts(rows[da:db]))
+        W = self.dist.world_size
+        d = all_gather_rows(d.float(), [np.diff(slice_of(len(rows), r, W))[0] for r in range(W)])
+        loss = star_batch_loss(q.float(), d, pos_col[qa:qb], neg_cols[qa:qb], known_pos[qa:qb], self.config.method,
+                               self.config.alpha, self.scale, reduce=share_of_mean)
         return loss, {"docs": float(len(rows))}
+
+    def _encode_share(self, query_texts: Sequence[str], doc_texts: Sequence[str]):
+        """Both towers in one forward pass (one DDP forward per backward)."""
+        return encode_some(self.model.query_encoder, query_texts), encode_some(self.model.doc_encoder, doc_texts)
