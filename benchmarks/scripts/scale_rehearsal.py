@@ -8,8 +8,12 @@ What it does, at `--docs` rows of dimension 768:
 2. builds the indexes: flat (the memory-mapped rows), flat with the int8 first pass (the exact
    two-stage search), and pq:96 with codebooks trained on a 1M-row sample; times each build;
 3. trains a tiny random 768-d BERT query encoder (2 layers) with ADORE on `--queries` synthetic
-   training queries (random words, one random positive row each) for `--steps` steps on each index,
-   splitting every step into encode, search, gather, loss and backward (+ optimizer);
+   training queries (random words, one positive row each) for `--steps` steps on each index,
+   splitting every step into encode, search, gather, loss and backward (+ optimizer). Positives sit
+   where a warm-started model puts them: for the queries the steps use, 95% at an exact depth drawn
+   log-uniformly from [1, 10,000] under the starting encoder (one exact top-10,000 search per batch,
+   cached in the workdir), 5% random rows (any depth up to N); the other queries' positives are
+   random rows;
 4. checks the two-stage search against the exact scan on the same queries (top-k, ranks, weights);
 5. prints the peak anonymous memory (RssAnon, sampled every 20 ms; the memory-mapped rows in the page
    cache are not anonymous) of each build and each training phase, the latter beside drfast.plan_memory's
@@ -131,13 +135,42 @@ def training_queries(n: int, docs: int, seed: int = 0):
 
 
 # ---- ADORE steps ---------------------------------------------------------------------------------
+def step_order(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def realistic_depths(workdir: Path, exact, encoder, texts, positives, steps: int, max_depth: int = 10_000):
+    """Positives of the queries the steps use at warm-start depths (see the module docstring), found
+    with the exact index and the starting encoder; cached in the workdir."""
+    used = step_order(len(texts))[: steps * B]
+    path = workdir / f"positives-{exact.ntotal}-{len(texts)}-{steps}.npy"
+    if path.exists():
+        return np.load(path)
+    rng = np.random.default_rng(2)
+    out = positives.copy()
+    depth = np.minimum(np.round(np.exp(rng.uniform(0, np.log(max_depth), used.shape[0]))).astype(np.int64),
+                       exact.ntotal)
+    deep = rng.random(used.shape[0]) < 0.05
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, used.shape[0], B):
+            batch = used[i : i + B]
+            res = exact.search(encoder([texts[j] for j in batch]).float(), k=min(max_depth, exact.ntotal))
+            out[batch] = np.asarray(res.ids)[np.arange(len(batch)), depth[i : i + B] - 1]
+    out[used[deep]] = rng.integers(0, exact.ntotal, int(deep.sum()))
+    np.save(path, out)
+    print(f"positives at warm-start depths for {used.shape[0]} queries in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
 def adore_steps(index, encoder, texts, positives, steps: int, seed: int, check_against=None) -> dict:
     """`steps` ADORE steps (batch B) with the time split; with `check_against` (the exact index), the
     first two steps' searches are compared with it field by field."""
     opt = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
-    order = np.random.default_rng(seed).permutation(len(texts))
+    order = step_order(len(texts), seed)
     split = {name: [] for name in ("encode_s", "search_s", "gather_s", "loss_s", "backward_s", "step_s")}
     identical = None
+    work = []  # two-stage: (refined, rescored) rows per query, per step
     for step in range(steps):
         batch = order[step * B : (step + 1) * B]
         t0 = time.perf_counter()
@@ -146,6 +179,9 @@ def adore_steps(index, encoder, texts, positives, steps: int, seed: int, check_a
         pos = [[int(positives[i])] for i in batch]
         loss, info = adore_batch_loss(q, index, pos, k=K, cutoff=CUTOFF)
         t2 = time.perf_counter()
+        stats = getattr(index, "last_search_stats", None)
+        if stats is not None:
+            work.append((float(stats.refined.mean()), float(stats.rescored.mean())))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -164,6 +200,8 @@ def adore_steps(index, encoder, texts, positives, steps: int, seed: int, check_a
     out = {name: float(np.median(v)) for name, v in warm.items()}
     out["max_over_median"] = float(max(warm["step_s"]) / np.median(warm["step_s"]))
     out["steps"] = steps
+    if work:
+        out["refined_per_query"], out["rescored_per_query"] = (float(v) for v in np.mean(work, axis=0))
     if identical is not None:
         out["identical_to_exact"] = identical
     return out
@@ -177,6 +215,9 @@ def main() -> None:
     parser.add_argument("--pq-sample", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="runs/scale")
     parser.add_argument("--skip", nargs="*", default=[], choices=["flat", "int8", "pq"])
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                        help="the int8 copy's residual codes (default off here: 6.8 GB instead of 13.9 GB "
+                             "at 8.8M rows, so the exact rows stay in the page cache of a 24 GB machine)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +233,11 @@ def main() -> None:
         report["doc_ids_s"] = round(time.perf_counter() - t0, 2)
         texts, positives = training_queries(args.queries, args.docs)
         encoder = tiny_encoder(workdir)
-    report["setup_peak_anon"] = mem.anon
     exact = drfast.FlatIndex(emb, ids)
+    positives = realistic_depths(workdir, exact, encoder, texts, positives, args.steps)
+    del encoder  # every phase trains a fresh copy of the starting encoder
+    report["setup_peak_anon"] = mem.anon
+    report["refine"] = args.refine
 
     phases = [("flat", "flat", None), ("int8", "flat", "int8"), ("pq", "pq:96", None)]
     for name, spec, fp in phases:
@@ -205,16 +249,17 @@ def main() -> None:
             if name == "flat":
                 index = exact
             elif name == "int8":
-                index = drfast.FlatIndex(emb, ids, first_pass=build_first_pass(emb, "int8"))
+                index = drfast.FlatIndex(emb, ids, first_pass=build_first_pass(emb, "int8", refine=args.refine))
             else:
                 index = drfast.PQIndex.train(emb, m=96, seed=0, max_train=min(args.pq_sample, args.docs), doc_ids=ids)
             build_s = time.perf_counter() - t0
         gc.collect()
         with PeakMemory() as mem:  # the training run alone: what the planner predicts
-            res = adore_steps(index, encoder, texts, positives, args.steps, seed=1,
+            res = adore_steps(index, tiny_encoder(workdir), texts, positives, args.steps, seed=1,
                               check_against=exact if name == "int8" else None)
         plan = plan_memory(docs=args.docs, dim=DIM, index=spec, first_pass=fp, model=str(workdir / "tiny-encoder"),
-                           batch_size=B, k=K, gpu_memory=0, host_memory="1TB", document_tower=False)
+                           batch_size=B, k=K, gpu_memory=0, host_memory="1TB", document_tower=False,
+                           first_pass_refine=args.refine)
         # the planner counts the exact rows as RAM when every step reads them all (flat without a first
         # pass): compare with anonymous + resident file pages then, else with anonymous memory alone
         rows_in_ram = any(p.where == "host" and p.name.startswith("exact rows") for p in plan.parts)
@@ -244,7 +289,9 @@ def print_table(report: dict) -> None:
     if "flat" in phases and "int8" in phases:
         ratio = phases["int8"]["search_s"] / phases["flat"]["search_s"]
         print(f"\nint8 two-stage search / exact fp16 scan: {ratio:.2f}x; identical results: "
-              f"{phases['int8'].get('identical_to_exact')}")
+              f"{phases['int8'].get('identical_to_exact')}; per query {phases['int8'].get('refined_per_query', 0):,.0f} "
+              f"rows refined, {phases['int8'].get('rescored_per_query', 0):,.0f} rescored; refinement codes: "
+              f"{report['refine']}")
 
 
 if __name__ == "__main__":

@@ -297,7 +297,8 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
                 query_max_length: Optional[int] = 32, gpu_memory: Any = None, host_memory: Any = None,
                 dtype: str = "float16", doc_id_bytes: Optional[int] = None, amp: Optional[str] = None,
                 train_centroids: bool = False, positives_per_query: float = 1.0,
-                threads: Optional[int] = None, document_tower: bool = True) -> MemoryPlan:
+                threads: Optional[int] = None, document_tower: bool = True,
+                first_pass_refine: bool = True) -> MemoryPlan:
     """The memory plan of an ADORE (or, with train_centroids, JPQ) run over `docs` x `dim` embeddings
     stored as `dtype`, with the index `index` ("flat" | "pq:M" | "opq:M") and a flat index's
     `first_pass` (None | "none" | "int8" | "bf16" | "auto": resolved on this CPU), the encoder
@@ -307,7 +308,8 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
     0: no GPU. host_memory: likewise; None: this machine's available memory. doc_id_bytes: the longest
     document id (default DEFAULT_DOC_ID_BYTES). positives_per_query: for the pair weights [nnz, k].
     threads: of the native CPU search (default: drfast's thread count). document_tower: a copy of the
-    encoder's weights stays on the host (drfast adore loads both towers; not with a saved index)."""
+    encoder's weights stays on the host (drfast adore loads both towers; not with a saved index).
+    first_pass_refine: the int8 copy has its residual codes (FlatIndex's default; False halves it)."""
     docs, dim = check_int(docs, "docs", 1), check_int(dim, "dim", 1)
     batch_size, k = check_int(batch_size, "batch_size", 1), check_int(k, "k", 1)
     seq = check_int(32 if query_max_length is None else query_max_length, "query_max_length", 1)
@@ -317,6 +319,7 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
     check_choice(amp, "amp", AMP)
     check_bool(train_centroids, "train_centroids")
     check_bool(document_tower, "document_tower")
+    check_bool(first_pass_refine, "first_pass_refine")
     check_float(positives_per_query, "positives_per_query", 0.0)
     id_bytes = check_int(DEFAULT_DOC_ID_BYTES if doc_id_bytes is None else doc_id_bytes, "doc_id_bytes", 1)
     threads = check_int(get_num_threads() if threads is None else threads, "threads", 1)
@@ -337,13 +340,14 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
               "hidden": shape.hidden, "layers": shape.layers, "heads": shape.heads, "intermediate": shape.intermediate,
               "model_source": shape.source, "batch_size": batch_size, "k": k, "query_max_length": seq,
               "dtype": dtype, "doc_id_bytes": id_bytes, "amp": amp or "none", "train_centroids": train_centroids,
-              "positives_per_query": positives_per_query, "threads": threads, "document_tower": document_tower}
+              "positives_per_query": positives_per_query, "threads": threads, "document_tower": document_tower,
+              "first_pass_refine": first_pass_refine}
     nnz = max(1, round(batch_size * positives_per_query))
     options = ["host"] if gpu <= 0 else ["gpu"] if train_centroids else ["gpu", "mixed"]
     plan = None
     for choice in options:
         plan = MemoryPlan(_parts(choice, shape, docs, dim, kind, m, fp, batch_size, seq, k, nnz, dtype, id_bytes,
-                                 amp, train_centroids, threads, document_tower),
+                                 amp, train_centroids, threads, document_tower, first_pass_refine),
                           {"gpu": gpu if gpu > 0 else None, "host": host},
                           _placement(choice, kind, fp, dtype), inputs)
         if plan.fits:
@@ -377,7 +381,7 @@ def _placement(choice: str, kind: str, fp: Optional[str], dtype: str) -> Dict[st
 
 
 def _parts(choice, shape, docs, dim, kind, m, fp, B, seq, k, nnz, dtype, id_bytes, amp, train_centroids,
-           threads, document_tower) -> List[Part]:
+           threads, document_tower, refine=True) -> List[Part]:
     enc = "host" if choice == "host" else "gpu"
     idx = "gpu" if choice == "gpu" else "host"
     P = shape.params
@@ -396,8 +400,9 @@ def _parts(choice, shape, docs, dim, kind, m, fp, B, seq, k, nnz, dtype, id_byte
         rows_at = "gpu" if choice == "gpu" else "memory-mapped file" if fp else "host"
         parts.append(Part(f"exact rows ({docs:,} x {dim} {dtype})", docs * dim * esize, rows_at))
         if fp:
-            parts.append(Part(f"first-pass copy ({fp}{', with refinement' if fp == 'int8' else ''})",
-                              first_pass_bytes(docs, dim, fp), idx))
+            refined = fp == "int8" and refine
+            parts.append(Part(f"first-pass copy ({fp}{', with refinement' if refined else ''})",
+                              first_pass_bytes(docs, dim, fp, refined), idx))
         block = FP_BLOCK_ROWS if fp else FLAT_BLOCK_ROWS
     else:
         pq = pq_bytes(docs, dim, m, kind == "opq")
