@@ -338,8 +338,10 @@ class Options:
     first_pass: str = option("none", "the exact two-stage search of a flat index: a low-precision first pass "
                                      "(int8: AVX-512 VNNI, bf16: AVX512_BF16, auto: the best this CPU runs fast) "
                                      "with proven error bounds, then exact rescoring; results are bit-identical to "
-                                     "none, the copy costs 1-2 bytes per dimension per document",
-                             choices=("none", "int8", "bf16", "auto"))
+                                     "none, the copy costs 2 bytes per dimension per document (int8-lean: int8 "
+                                     "without its refinement codes, 1 byte, for when RAM cannot hold the full copy "
+                                     "beside the exact rows)",
+                             choices=("none", "int8", "int8-lean", "bf16", "auto"))
     also_evaluate_on: Tuple[str, ...] = option((), "also evaluate before and after on these index specs "
                                                    "(e.g. pq:48)", metavar="SPEC")
     # one meaning of --k in every command: the same help as AdoreConfig.k's

@@ -96,6 +96,10 @@ def test_first_pass_bytes_are_those_of_a_built_copy(rng):
     plan = plan_memory(docs=50, dim=96, first_pass="int8", model_params="1M", k=10, gpu_memory=0, host_memory="1GB")
     assert part(plan, "first-pass copy").bytes == index.first_pass_bytes
     assert part(plan, "exact rows").bytes == index.emb.nbytes
+    for spec in ("int8", "int8-lean"):  # "int8-lean": the copy without its refinement codes
+        index = drfast.FlatIndex(rng.standard_normal((50, 96)).astype(np.float16), first_pass=spec)
+        plan = plan_memory(docs=50, dim=96, first_pass=spec, model_params="1M", k=10, gpu_memory=0, host_memory="1GB")
+        assert part(plan, "first-pass copy").bytes == index.first_pass_bytes
 
 
 @pytest.mark.parametrize("opq", [False, True])

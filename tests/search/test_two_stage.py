@@ -379,3 +379,18 @@ def test_first_pass_built_into_files_is_used_as_given(rng, tmp_path):
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.pos_ranks, want.pos_ranks)
     with pytest.raises(ValueError, match="first_pass: .* does not belong to 2999 rows"):
         drfast.FlatIndex(x[:2999], first_pass=data)
+
+
+def test_int8_lean_is_int8_without_the_refinement_codes(rng):
+    x = rng.standard_normal((4000, 48)).astype(np.float16)
+    q = rng.standard_normal((5, 48)).astype(np.float32)
+    pos = random_positives(rng, 5, 4000)
+    lean, full = drfast.FlatIndex(x, first_pass="int8-lean"), drfast.FlatIndex(x, first_pass="int8")
+    assert lean.first_pass == "int8" and not lean._first_pass.refine and full._first_pass.refine
+    assert lean.first_pass_bytes < full.first_pass_bytes
+    want = drfast.FlatIndex(x).search(q, k=25, positives=pos, cutoff=10)
+    got = lean.search(q, k=25, positives=pos, cutoff=10)
+    for field in ("ids", "scores", "pos_scores", "pos_ranks", "pair_weights"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
+    assert TS.parse_first_pass("INT8-lean") == "int8" and not TS.first_pass_refines("int8-lean")
+    assert TS.first_pass_refines("int8") and TS.first_pass_refines(None)

@@ -11,8 +11,8 @@ from drfast.index.faiss_interop import flat_to_faiss
 from drfast.index.format import check_rows, doc_id_map, read_array, read_doc_ids, write_index_dir
 from drfast.search.dispatch import as_tensor, flat_search
 from drfast.search.result import SearchResult
-from drfast.search.two_stage import (KINDS, FirstPassData, build_first_pass, padded_dim, parse_first_pass,
-                                     two_stage_search)
+from drfast.search.two_stage import (KINDS, FirstPassData, build_first_pass, first_pass_refines, padded_dim,
+                                     parse_first_pass, two_stage_search)
 from drfast.search.validate import check_embeddings
 
 
@@ -22,7 +22,8 @@ class FlatIndex:
     The matrix is kept as given (numpy, including memmaps, or a torch tensor); non-contiguous
     input is copied once. ``doc_ids`` are the external document ids of the rows (default "0".."N-1").
 
-    first_pass: None (the exact fused scan), "int8", "bf16" or "auto" (search.two_stage.resolve_auto:
+    first_pass: None (the exact fused scan), "int8", "int8-lean" (int8 with refine=False), "bf16" or
+    "auto" (search.two_stage.resolve_auto:
     int8 with AVX-512 VNNI, bf16 with AVX512_BF16, else None). With a first pass, `search` scans a
     low-precision copy of the rows with proven per-pair error bounds and recomputes exactly only the
     rows the bounds cannot decide: results stay bit-identical to first_pass=None. The copy costs
@@ -44,6 +45,7 @@ class FlatIndex:
             self._first_pass: Optional[FirstPassData] = first_pass
         else:
             kind = parse_first_pass(first_pass)
+            refine = refine and first_pass_refines(first_pass)
             self._first_pass = None if kind is None else build_first_pass(self.emb, kind, refine)
         self.last_search_stats = None
 

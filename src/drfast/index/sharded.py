@@ -130,7 +130,8 @@ class ShardedIndex:
         if isinstance(index, PQIndex):
             local = PQIndex(index.centroids, index.codes[lo:hi], index.rotation)
         else:
-            local = FlatIndex(index.emb[lo:hi], first_pass=index.first_pass)
+            fp = index._first_pass
+            local = FlatIndex(index.emb[lo:hi], first_pass=index.first_pass, refine=fp is None or fp.refine)
         return cls(local, doc_ids=index.doc_ids if doc_ids is None else doc_ids)
 
     # ---- properties -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from drfast.common.sizes import format_bytes, parse_count, parse_size
 from drfast.index.spec import parse_index_spec
 from drfast.search.runtime import get_num_threads
 from drfast.search.torch_path import DEFAULT_CHUNK
-from drfast.search.two_stage import padded_dim, parse_first_pass
+from drfast.search.two_stage import first_pass_refines, padded_dim, parse_first_pass
 
 PLACES = ("gpu", "pinned host", "host", "memory-mapped file")
 SAFETY_MARGIN = 0.05                 # of each capacity: allocator fragmentation, estimates' error
@@ -327,6 +327,7 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
     if kind != "flat" and dim % m:
         raise ValueError(f"index: {index} needs M dividing the dimension {dim}")
     fp = parse_first_pass(first_pass)
+    first_pass_refine = first_pass_refine and first_pass_refines(first_pass)  # False for "int8-lean"
     if fp is not None and kind != "flat":
         raise ValueError(f"first_pass: the two-stage search is for a flat index, not {index}")
     if train_centroids and kind == "flat":

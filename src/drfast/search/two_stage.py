@@ -76,7 +76,7 @@ from drfast.search.result import SearchResult
 from drfast.search.torch_path import DEFAULT_CHUNK, FlatChunkScorer, chunk_topk, ordered_topk, pair_weights
 
 KINDS = ("int8", "bf16")
-CHOICES = ("auto", "int8", "bf16", "none")
+CHOICES = ("auto", "int8", "int8-lean", "bf16", "none")  # int8-lean: int8 without the refinement codes
 U = 2.0 ** -24
 SLACK = float(np.float32(1.0 + 2.0 ** -16))
 ETA = float(np.float32(2.0 ** -100))
@@ -105,8 +105,9 @@ def resolve_auto() -> Optional[str]:
 
 
 def parse_first_pass(spec: Any) -> Optional[str]:
-    """None / "none" -> None, "int8" / "bf16" -> itself, "auto" -> resolve_auto(). For CLI flags
-    (``--first-pass auto|int8|bf16|none``) and FlatIndex(first_pass=...)."""
+    """None / "none" -> None, "int8" / "bf16" -> itself, "int8-lean" -> "int8" (see
+    first_pass_refines), "auto" -> resolve_auto(). For CLI flags (``--first-pass
+    auto|int8|int8-lean|bf16|none``) and FlatIndex(first_pass=...)."""
     if spec is None:
         return None
     if not isinstance(spec, str) or spec.strip().lower() not in CHOICES:
@@ -114,7 +115,14 @@ def parse_first_pass(spec: Any) -> Optional[str]:
     spec = spec.strip().lower()
     if spec == "none":
         return None
-    return resolve_auto() if spec == "auto" else spec
+    return resolve_auto() if spec == "auto" else "int8" if spec == "int8-lean" else spec
+
+
+def first_pass_refines(spec: Any) -> bool:
+    """False for "int8-lean": the int8 copy without its refinement (residual) codes, 1 byte per
+    dimension per row instead of 2, paid for with more exact recomputations around deep positives;
+    the better choice when RAM cannot hold the full copy beside the exact rows' page cache."""
+    return not (isinstance(spec, str) and spec.strip().lower() == "int8-lean")
 
 
 def padded_dim(d: int, kind: str) -> int:
