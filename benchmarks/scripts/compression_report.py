@@ -1,7 +1,7 @@
 """The ADORE / JPQ compression table on a BEIR collection: how much of the loss of product quantisation
 training recovers, with the query encoder alone or with the PQ centroids too.
 
-Run from the repository root (about 25 training runs of 70-100 s each on 2 cores; resumable: a run
+Run from the repository root (21 training runs of 1-2 minutes each on 2 idle cores; resumable: a run
 whose metrics.json exists is read back, not redone):
 
     python -m benchmarks.scripts.compression_report [--data ../shared/data/scifact] [--ms 8 16 48]
