@@ -16,6 +16,7 @@ def _rank_main(rank, world, init_file, out_dir, fn, args):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
+        dist.barrier()  # no rank tears gloo down while another still reads its last collective
     finally:
         dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:

@@ -24,7 +24,7 @@ import numpy as np
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int, check_optional_int
 from drfast.common.dataclass_args import add_arguments, from_args, option
-from drfast.common.distributed import init_distributed
+from drfast.common.distributed import init_distributed, shutdown_distributed
 from drfast.common.sizes import parse_count, parse_optional_size
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
@@ -488,7 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from_args(Options, args).check()
         if getattr(args, "output", None):
             (check_output_file if args.command in FILE_OUTPUTS else check_output_dir)(args.output)
-        return args.func(args)
+        status = args.func(args)
+        shutdown_distributed()  # torchrun: every rank done before any closes the process group
+        return status
     except USER_ERRORS as e:
         if args.debug:
             raise

@@ -131,6 +131,7 @@ def _worker(rank, world, init_file, cases_file, out_dir):
         results["_error"] = f"{type(e).__name__}: {e}"
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(results, f)
+    dist.barrier()  # no rank tears gloo down while another still reads its last collective
     dist.destroy_process_group()
 
 

@@ -99,6 +99,7 @@ def _worker(rank, init_file, case, out_dir):
         results["traceback"] = traceback.format_exc()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(results, f)
+    dist.barrier()  # no rank tears gloo down while another still reads its last collective
     dist.destroy_process_group()
 
 

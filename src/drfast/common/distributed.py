@@ -104,6 +104,8 @@ def init_distributed() -> DistContext:
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
+    global _OWN_GROUP
+    _OWN_GROUP = True  # shutdown_distributed closes it; a group the caller made stays theirs
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -165,3 +167,18 @@ def all_gather_rows(x: torch.Tensor, sizes) -> torch.Tensor:
     parts = all_gather(x.to(comm_device()).contiguous())
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(x.device)
 
+
+
+_OWN_GROUP = False  # whether init_distributed created the process group
+
+
+def shutdown_distributed() -> None:
+    """After a command succeeded under torchrun: wait for every rank, then close the process group
+    that init_distributed created (a caller's own group is left alone), so that no rank tears
+    gloo/NCCL down while another still reads its last collective."""
+    global _OWN_GROUP
+    dist = torch.distributed
+    if _OWN_GROUP and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _OWN_GROUP = False
