@@ -25,9 +25,10 @@ import torch
 
 import drfast
 from drfast.common.sizes import parse_size
-from drfast.encode.encoders import Encoder
 from drfast.pipelines.memory_plan import plan_memory
 from drfast.train.adore import adore_batch_loss
+
+from benchmarks.scripts.scale_rehearsal import tiny_encoder
 
 B, D, K, CUTOFF = 32, 768, 200, 10
 
@@ -84,20 +85,7 @@ def search_rows(n: int, rows: list) -> None:
         rows.append((f"search N={n:,}", f"faiss-gpu unavailable: {type(e).__name__}: {e}"[:90], float("nan")))
 
 
-def tiny_encoder(folder: Path) -> Encoder:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase)
-    vocab += ["##" + c for c in string.ascii_lowercase]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=D, num_hidden_layers=2, num_attention_heads=12,
-                         intermediate_size=1536, max_position_embeddings=64)).save_pretrained(folder)
-    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
-    return Encoder.load(str(folder), role="query", max_length=32, pooling="mean")
-
-
-def adore_at_scale(n: int, steps: int, gpu_memory: int, rows: list, folder: Path) -> None:
+def adore_at_scale(n: int, steps: int, gpu_memory: int, rows: list, workdir: Path) -> None:
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory / total))
     rng = np.random.default_rng(0)
@@ -105,11 +93,11 @@ def adore_at_scale(n: int, steps: int, gpu_memory: int, rows: list, folder: Path
     positives = rng.integers(0, n, B * steps)
     emb = random_rows(n).cpu().numpy()  # the host copy every placement starts from
     for spec, fp in (("flat", "int8"), ("pq:96", None)):
-        plan = plan_memory(docs=n, dim=D, index=spec, first_pass=fp, model=str(folder), batch_size=B, k=K,
-                           gpu_memory=gpu_memory, document_tower=False)
+        encoder = tiny_encoder(workdir).to("cuda")  # the same starting 768-d BERT for each index (saved once)
+        plan = plan_memory(docs=n, dim=D, index=spec, first_pass=fp, model=str(workdir / "tiny-encoder"),
+                           batch_size=B, k=K, gpu_memory=gpu_memory, document_tower=False)
         index = (drfast.FlatIndex(emb, first_pass=fp) if spec == "flat"
                  else drfast.PQIndex.train(emb, m=96, seed=0))
-        encoder = tiny_encoder(folder).to("cuda")
         if plan.placement.get("index") == "gpu":
             index = index.to("cuda")
         opt = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
@@ -148,8 +136,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        adore_at_scale(max(args.sizes), args.steps, parse_size(args.gpu_memory, "gpu_memory"), rows,
-                       Path(tmp) / "encoder")
+        adore_at_scale(max(args.sizes), args.steps, parse_size(args.gpu_memory, "gpu_memory"), rows, Path(tmp))
     print("\n| case | what | seconds (median) |\n|---|---|---:|")
     for case, what, t in rows:
         print(f"| {case} | {what} | {t:.4f} |")
