@@ -10,6 +10,9 @@ RankNet loss and run its backward down to q. B=32, d=768, k=200, cutoff=10, one 
 
 * drfast: ``adore_batch_loss(q, index, positives, k, cutoff, score_scale)`` + ``loss.backward()``
   (fused search giving top-k, exact positive ranks and pair weights in one pass; vectorised loss).
+* drfast two-stage (flat only): the same on ``FlatIndex(corpus, first_pass="auto")`` -- the exact
+  two-stage search (int8 first pass with proven bounds, exact rescoring; bit-identical results). Its
+  row is "other"; the footnote gives its speed-up over the best reference row of the same run.
 * reference: ``adore_reference.reference_step``, the per-query Python loop of jingtaozhan/DRhard
   ``adore/train.py`` (lines 194-242, see that module): faiss search, then per query numpy labels, a gather
   from a numpy memmap of the corpus, K x K pair matrices and the loss; ``loss.backward()`` (line 242).
@@ -59,6 +62,7 @@ import torch
 import drfast
 from benchmarks.adore_reference import reference_step
 from benchmarks.benchutil import B, CUTOFF, D, K, faiss_blas, gaussian_rows
+from drfast.search.two_stage import parse_first_pass
 from drfast.train import adore_batch_loss
 
 M = 96  # PQ sub-quantizers (8 dims each), as in bench_pq.py
@@ -122,6 +126,8 @@ def case(request, tmp_path_factory):
         corpus = _memmap(tmp, "corpus", docs)
         del docs
         index = drfast.FlatIndex(corpus)
+        fast_kind = parse_first_pass("auto")
+        two_stage = drfast.FlatIndex(corpus, first_pass=fast_kind) if fast_kind else None
     else:
         centroids, codes = pq_data(n)
         fx = faiss.IndexPQ(D, M, 8, faiss.METRIC_INNER_PRODUCT)
@@ -131,6 +137,7 @@ def case(request, tmp_path_factory):
         fx.ntotal = n
         corpus = _memmap(tmp, "decoded", fx.reconstruct_n(0, n))  # ADORE-PQ trains on the decoded vectors
         index = drfast.PQIndex(centroids, codes)
+        two_stage = None
     q0, positives = queries_and_positives(corpus, n, D)
 
     q = torch.from_numpy(q0.copy()).requires_grad_()
@@ -138,6 +145,7 @@ def case(request, tmp_path_factory):
     loss.backward()
     res = index.search(q0, k=K, positives=(np.arange(B + 1), np.array([p[0] for p in positives])), cutoff=CUTOFF)
     yield SimpleNamespace(kind=kind, n=n, name=f"ADORE step {kind} N={_size(n)}", index=index, faiss_index=fx,
+                          two_stage=two_stage,
                           corpus=corpus, q0=q0, positives=positives, loss=float(loss.detach()), grad=q.grad.clone(),
                           info=info, ranks=res.pos_ranks)
 
@@ -149,6 +157,18 @@ def method_drfast(c):
         return loss
 
     return run, False, "drfast adore_batch_loss", "drfast"
+
+
+def method_two_stage(c):
+    if c.two_stage is None:
+        pytest.skip("flat index only, on a CPU with a fast first-pass kernel (AVX-512 VNNI / BF16)")
+
+    def run(q):
+        loss, _ = adore_batch_loss(q, c.two_stage, c.positives, k=K, cutoff=CUTOFF, score_scale=SCORE_SCALE)
+        loss.backward()
+        return loss
+
+    return run, False, f"drfast adore_batch_loss, two-stage {c.two_stage.first_pass}", "other"
 
 
 def _reference(blas: bool):
@@ -168,7 +188,8 @@ def _reference(blas: bool):
     return make
 
 
-METHODS = {"drfast": method_drfast, "ref_blas": _reference(True), "ref_default": _reference(False)}
+METHODS = {"drfast": method_drfast, "drfast_two_stage": method_two_stage, "ref_blas": _reference(True),
+           "ref_default": _reference(False)}
 
 
 def test_positive_ranks_spread(case):
@@ -324,3 +345,16 @@ def test_share_encoder(benchmark, record, share):
         q.backward(share.grad_out)
 
     _timed(benchmark, record, share, "encoder", f"encoder fwd+bwd (MiniLM-L6, B={B})", "other", run, setup)
+
+
+def test_two_stage_speedup(case, record):
+    """Footnote: the two-stage step's speed-up over the best reference row of this case (same run)."""
+    from benchmarks.conftest import ROWS
+
+    rows = [r for r in ROWS if r.case == case.name]
+    fast = [r.seconds for r in rows if "two-stage" in r.method]
+    refs = [r.seconds for r in rows if r.kind == "baseline"]
+    if not fast or not refs:
+        pytest.skip("no two-stage or reference row timed for this case")
+    record.note(f"{case.name}: two-stage step {min(refs) / fast[0]:.2f}x faster than the best reference "
+                f"({fast[0]:.3f} s against {min(refs):.3f} s)")

@@ -42,8 +42,11 @@ struct FirstPassKernels {
   // B * kFpBlockRows 32-bit words.
   void (*bounds_block)(const FirstPassView& v, void* scratch, int64_t r0, int64_t nb, float* lo, float* hi,
                        int64_t ld);
-  // sum over j < n of u[j] * s[j] (uint8 x int8, exact in int32); n a multiple of kFpAlign.
-  int32_t (*dot_u8s8)(const uint8_t* u, const int8_t* s, int64_t n);
+  // The second bound's dot products of one query against rows idx[0 .. m) of a block (uint8 x int8,
+  // exact): d12[j] = u1 . s1[idx[j] * ld], d21[j] = u2 . s2[idx[j] * ld], over len bytes
+  // (a multiple of kFpAlign).
+  void (*refine_dots)(const uint8_t* u1, const uint8_t* u2, const int8_t* s1, const int8_t* s2, int64_t ld,
+                      const int32_t* idx, int64_t m, int64_t len, int32_t* d12, int32_t* d21);
   // Indices i < n with lo[i] <= x <= hi[i] written to idx (room for n); returns how many.
   int64_t (*select_band)(const float* lo, const float* hi, int64_t n, float x, int32_t* idx);
   // #{i < n : lo[i] > x}

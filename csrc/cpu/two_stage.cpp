@@ -109,22 +109,24 @@ class Refiner {
   Refiner(const FirstPassView& fp, const RefineView& rv, const FirstPassKernels& k) : fp_(fp), rv_(rv), k_(k) {}
   bool enabled() const { return rv_.rcodes != nullptr; }
 
-  // The residual codes of rows [r0, r0 + nb) into L2 in one sequential sweep, before the first
-  // refinement of a block: row by row, each refinement waited for its own misses (~1 us).
-  void warm_block(int64_t r0, int64_t nb) const {
-    const int8_t* r = rv_.rcodes + r0 * fp_.dp;
-    for (int64_t c = 0; c < nb * fp_.dp; c += 64) __builtin_prefetch(r + c, 0, 2);
+  // Second bounds of query b for rows r0 + idx[j], j < m, into iv; raw_b: the block's first-pass
+  // sums of query b (u8 query . x8); d12, d21: scratch for m dot products each.
+  void bounds(int64_t b, int64_t r0, const int32_t* idx, int64_t m, const uint32_t* raw_b, int32_t* d12,
+              int32_t* d21, Interval* iv) const {
+    const int64_t dp = fp_.dp;
+    k_.refine_dots(static_cast<const uint8_t*>(fp_.qcodes) + b * dp, rv_.q2codes + b * dp, rv_.rcodes + r0 * dp,
+                   static_cast<const int8_t*>(fp_.codes) + r0 * dp, dp, idx, m, dp, d12, d21);
+    for (int64_t j = 0; j < m; ++j)
+      iv[j] = interval(b, r0 + idx[j], static_cast<int32_t>(raw_b[idx[j]]), d12[j], d21[j]);
   }
 
-  // raw11: the first pass's raw sum of this pair (u8 query . x8).
-  Interval bound(int64_t b, int64_t row, int32_t raw11) const {
-    const int64_t dp = fp_.dp;
-    const uint8_t* q = static_cast<const uint8_t*>(fp_.qcodes) + b * dp;
-    const int8_t* x8 = static_cast<const int8_t*>(fp_.codes) + row * dp;
+ private:
+  // One pair's interval from its three exact int32 sums (I11 = raw11 - 128 sx, ...).
+  Interval interval(int64_t b, int64_t row, int32_t raw11, int32_t d12, int32_t d21) const {
     const int64_t sx = fp_.rsum[row], sr = rv_.rsum[row];
     const int64_t i11 = static_cast<int64_t>(raw11) - 128 * sx;
-    const int64_t i12 = static_cast<int64_t>(k_.dot_u8s8(q, rv_.rcodes + row * dp, dp)) - 128 * sr;
-    const int64_t i21 = static_cast<int64_t>(k_.dot_u8s8(rv_.q2codes + b * dp, x8, dp)) - 128 * sx;
+    const int64_t i12 = static_cast<int64_t>(d12) - 128 * sr;
+    const int64_t i21 = static_cast<int64_t>(d21) - 128 * sx;
     const double c = fp_.qscale[b], c2 = rv_.qscale2[b], a = fp_.rscale[row], a2 = rv_.rscale[row];
     const double est = c * a * static_cast<double>(i11) + c * a2 * static_cast<double>(i12) +
                        c2 * a * static_cast<double>(i21);
@@ -136,7 +138,6 @@ class Refiner {
     return Interval{est - delta, est + delta};
   }
 
- private:
   const FirstPassView& fp_;
   const RefineView& rv_;
   const FirstPassKernels& k_;
@@ -158,6 +159,9 @@ struct Buffers {
         lo(raw.size()),
         hi(raw.size()),
         idx(static_cast<size_t>(T) * kFpBlockRows),
+        d12(idx.size()),
+        d21(idx.size()),
+        intervals(idx.size()),
         row_scratch(static_cast<size_t>(T) * d16),
         candidates(static_cast<size_t>(B) * T * cap),
         heaps(static_cast<size_t>(T) * B * keep),
@@ -169,6 +173,8 @@ struct Buffers {
   std::vector<uint32_t> raw;           // [T][B * kFpBlockRows] first-pass raw sums of one block
   std::vector<float> lo, hi;           // [T][B * kFpBlockRows] bounds of one block
   std::vector<int32_t> idx;            // [T][kFpBlockRows]
+  std::vector<int32_t> d12, d21;       // [T][kFpBlockRows] the second bound's dot products
+  std::vector<Interval> intervals;     // [T][kFpBlockRows] second bounds of the selected rows
   std::vector<float> row_scratch;      // [T][d16] the exact pair scorer's scratch
   std::vector<IntervalCandidate> candidates;  // [B][T][cap]: query b's candidates from thread t
   std::vector<IntervalTopK> topk;      // [T][B]
@@ -232,19 +238,24 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
     float* lo = buf.lo.data() + t * words;
     float* hi = buf.hi.data() + t * words;
     int32_t* idx = buf.idx.data() + static_cast<size_t>(t) * kFpBlockRows;
+    int32_t* d12 = buf.d12.data() + static_cast<size_t>(t) * kFpBlockRows;
+    int32_t* d21 = buf.d21.data() + static_cast<size_t>(t) * kFpBlockRows;
+    Interval* ivs = buf.intervals.data() + static_cast<size_t>(t) * kFpBlockRows;
     float* row_scratch = buf.row_scratch.data() + static_cast<size_t>(t) * d16;
     IntervalTopK* topk = buf.topk.data() + static_cast<size_t>(t) * B;
     int64_t* my_counts = buf.counts.data() + static_cast<size_t>(t) * nnz;
     int64_t* my_q = buf.work_q.data() + static_cast<size_t>(t) * B * 3;
     int64_t* my_p = buf.work_p.data() + static_cast<size_t>(t) * nnz * 2;
     auto exact_score = [&](int64_t b, int64_t row) { return isa.flat_score_pair(exact, row_scratch, b, row); };
-    auto raw11 = [&](int64_t b, int64_t i) { return static_cast<int32_t>(raw[b * kFpBlockRows + i]); };
+    // Second bounds of the m selected rows of query b (idx), all at once.
+    auto refine_selected = [&](int64_t b, int64_t r0, int64_t m) {
+      refiner.bounds(b, r0, idx, m, raw + b * kFpBlockRows, d12, d21, ivs);
+    };
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       const int64_t r0 = blk * kFpBlockRows, nb = std::min(kFpBlockRows, N - r0);
       fpk.bounds_block(fp, raw, r0, nb, lo, hi, kFpBlockRows);
-      bool warm = false;  // this block's residual codes swept into cache
       for (int64_t b = 0; b < B; ++b) {
         const float* l = lo + b * kFpBlockRows;
         const float* h = hi + b * kFpBlockRows;
@@ -256,7 +267,10 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
         auto exact_b = [&](int64_t row) { return exact_score(b, row); };
         if (hmax > top.admit_above()) {
           const int64_t m = isa.select_above(h, nb, top.admit_above(), idx);
-          if (refine && m && !warm) warm = true, refiner.warm_block(r0, nb);
+          if (refine && m) {
+            refine_selected(b, r0, m);
+            my_q[b * 3] += m;
+          }
           for (int64_t j = 0; j < m; ++j) {
             const int64_t i = idx[j], row = r0 + i;
             if (!(h[i] > top.admit_above())) continue;  // the bar rose within this block
@@ -264,9 +278,7 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
               top.push(l[i], h[i], row, exact_b, my_q[b * 3 + 1]);
               continue;
             }
-            ++my_q[b * 3];
-            const Interval iv = refiner.bound(b, row, raw11(b, i));
-            const float lo2 = round_down(iv.lo), hi2 = round_up(iv.hi);
+            const float lo2 = round_down(ivs[j].lo), hi2 = round_up(ivs[j].hi);
             if (hi2 > top.admit_above()) top.push(std::max(lo2, l[i]), std::min(hi2, h[i]), row, exact_b, my_q[b * 3 + 1]);
           }
         }
@@ -276,14 +288,14 @@ void two_stage_search(const SearchInput& in, const FirstPassView& fp, const Refi
           if (hmax < sp) continue;  // every row of the block scores below the positive
           my_counts[pi] += fpk.count_above(l, nb, sp);
           const int64_t m = fpk.select_band(l, h, nb, sp, idx);
-          if (refine && m && !warm) warm = true, refiner.warm_block(r0, nb);
+          if (refine && m) refine_selected(b, r0, m);
           for (int64_t j = 0; j < m; ++j) {
             const int64_t i = idx[j], row = r0 + i;
             if (row == p) continue;  // never ranks before itself
             if (refine) {
               ++my_p[pi * 2];
               ++my_q[b * 3];
-              const Interval iv = refiner.bound(b, row, raw11(b, i));
+              const Interval& iv = ivs[j];
               if (iv.lo > static_cast<double>(sp)) {
                 ++my_counts[pi];
                 continue;
