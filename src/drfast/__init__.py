@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from drfast import _C  # noqa: E402  (the native core: built by pip install)
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.data import Corpus, DataFormatError, Dataset, load_beir, load_msmarco
 from drfast.encode import BiEncoder, Encoder, encode_corpus, save_encoder
 from drfast.eval import NegativeOverlapHook, error_statistics, evaluate, pairwise_errors, retrieve
@@ -21,6 +22,8 @@ from drfast.train import (AdoreConfig, AdoreTrainer, StarConfig, StarTrainer, Tr
 
 __all__ = [
     "__version__",
+    # errors
+    "UsageError", "UsageTypeError",
     # search and indexes
     "FlatIndex", "PQIndex", "ShardedIndex", "SearchResult", "load_index", "load_faiss_index", "build_index", "DocIdMap",
     "set_num_threads", "get_num_threads", "set_simd_level", "simd_level", "build_info",

@@ -25,6 +25,7 @@ from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int, check_optional_int
 from drfast.common.dataclass_args import add_arguments, from_args, option
 from drfast.common.distributed import init_distributed, shutdown_distributed
+from drfast.common.errors import UsageError
 from drfast.common.sizes import parse_count, parse_optional_size
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
@@ -154,7 +155,7 @@ def _index_from_files(args: argparse.Namespace) -> int:
                              f"--model (encode a BEIR corpus), not both")
     for name, other in (("embeddings", "--doc-ids"), ("doc_ids", "--embeddings")):
         if getattr(args, name) is None:
-            raise ValueError(f"{name}: required with {other}")
+            raise UsageError(name, f"required with {other}")
     emb = open_embeddings(args.embeddings)
     doc_ids = read_doc_ids(args.doc_ids, expected=emb.shape[0])
     check_index_spec(args.index, emb.shape[1], emb.shape[0])
@@ -164,7 +165,7 @@ def _index_from_files(args: argparse.Namespace) -> int:
             index = build_index(emb, doc_ids, args.index, args.index_seed, _first_pass(args))
     except ValueError as e:  # the index's own check of the rows (NaN or Inf)
         if str(e).startswith("emb: contains"):
-            raise ValueError(f"embeddings: {args.embeddings}{str(e)[4:]}") from None
+            raise UsageError("embeddings", f"{args.embeddings}{str(e)[4:]}") from None
         raise
     with timed(timings, "save_s"):
         index.save(args.output)
@@ -284,7 +285,7 @@ def _errors(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     """Where each part of an ADORE / JPQ run would live and whether it fits; exit status 1 when it does not."""
     if (args.model is None) == (args.model_params is None):
-        raise ValueError("model: give --model or --model-params (one of the two)")
+        raise UsageError("model", "give --model or --model-params (one of the two)")
     plan = plan_memory(docs=args.docs, dim=args.dim, index=args.index, first_pass=_first_pass(args), model=args.model,
                        model_params=args.model_params, batch_size=args.batch_size, k=args.k,
                        query_max_length=args.query_max_length, gpu_memory=args.gpu_memory,
@@ -402,10 +403,10 @@ class Options:
             for flag, value, default in (("--index", self.index, "flat"), ("--first-pass", self.first_pass, "none"),
                                          ("--also-evaluate-on", self.also_evaluate_on, ())):
                 if value != default:
-                    raise ValueError(f"index_dir: cannot be combined with {flag} (a saved index is searched as it "
+                    raise UsageError("index_dir", f"cannot be combined with {flag} (a saved index is searched as it "
                                      "was saved)")
         if self.first_pass != "none" and self.index != "flat":
-            raise ValueError(f"first_pass: the two-stage search is for a flat index, not --index {self.index}")
+            raise UsageError("first_pass", f"the two-stage search is for a flat index, not --index {self.index}")
 
 
 INPUTS = ("data", "model", "pooling", "query_max_length", "doc_max_length", "cache", "dtype", "encode_batch_size")

@@ -1,8 +1,8 @@
 """Argument validation: one family of checks with one exception policy.
 
-A value of the wrong *type* raises `TypeError`; a value of the right type outside its allowed range
-raises `ValueError`. Both messages start with the argument's name (`name: ...`), so that the CLI can
-translate it into the flag the user typed.
+A value of the wrong *type* raises `UsageTypeError` (a `TypeError`); a value of the right type outside
+its allowed range raises `UsageError` (a `ValueError`). Both carry the argument's name as `param` (and
+their message starts with it, `name: ...`), so that the CLI can point at the flag the user typed.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 from typing import Any, Iterable, Optional
 
 import numpy as np
+
+from drfast.common.errors import UsageError, UsageTypeError
 
 
 def describe(x: Any) -> str:
@@ -23,11 +25,11 @@ def describe(x: Any) -> str:
 def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     """`value` as an int (Python or numpy integer; bools refused) within [minimum, maximum]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+        raise UsageTypeError(name, f"expected an integer, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+        raise UsageError(name, f"must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
+        raise UsageError(name, f"must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -40,27 +42,27 @@ def check_float(value: Any, name: str, minimum: Optional[float] = None, maximum:
                 *, min_inclusive: bool = True, max_inclusive: bool = True) -> float:
     """`value` as a finite float (ints accepted; bools refused) within the given bounds."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+        raise UsageTypeError(name, f"expected a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        raise UsageError(name, f"expected a finite number, got {value!r}")
     if minimum is not None and (value < minimum or (not min_inclusive and value == minimum)):
-        raise ValueError(f"{name}: must be {'>=' if min_inclusive else '>'} {minimum}, got {value!r}")
+        raise UsageError(name, f"must be {'>=' if min_inclusive else '>'} {minimum}, got {value!r}")
     if maximum is not None and (value > maximum or (not max_inclusive and value == maximum)):
-        raise ValueError(f"{name}: must be {'<=' if max_inclusive else '<'} {maximum}, got {value!r}")
+        raise UsageError(name, f"must be {'<=' if max_inclusive else '<'} {maximum}, got {value!r}")
     return value
 
 
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        raise UsageTypeError(name, f"expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
 def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise UsageError(name, f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
 
 
@@ -70,7 +72,7 @@ def as_int64_vector(x: Any, name: str, what: str = "integer row ids") -> np.ndar
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array, got shape {x.shape}")
+        raise UsageError(name, f"expected a 1-D array, got shape {x.shape}")
     if x.size and not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"{name}: expected {what}, got dtype {x.dtype}")
+        raise UsageTypeError(name, f"expected {what}, got dtype {x.dtype}")
     return np.ascontiguousarray(x, dtype=np.int64)

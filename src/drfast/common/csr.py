@@ -6,6 +6,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from drfast.common.errors import UsageError
+
 
 def offsets_of(lists: Sequence[Sequence]) -> np.ndarray:
     """int64 [len(lists) + 1]: where each list starts in the concatenation, and the total at the end."""
@@ -33,4 +35,4 @@ def check_offsets(offsets: np.ndarray, nnz: int, name: str = "offsets") -> None:
     """Offsets must start at 0, never decrease and end at `nnz`."""
     if offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] != nnz \
             or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"{name}: must start at 0, never decrease and end at the number of values ({nnz})")
+        raise UsageError(name, f"must start at 0, never decrease and end at the number of values ({nnz})")

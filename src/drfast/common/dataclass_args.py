@@ -13,6 +13,8 @@ import dataclasses
 import typing
 from typing import Any, Iterable, Optional
 
+from drfast.common.errors import UsageError, UsageTypeError
+
 __all__ = ["option", "add_arguments", "from_args"]
 
 
@@ -31,7 +33,7 @@ def _kind(annotation: Any) -> type:
         return tuple
     if annotation in (int, float, str, bool):
         return annotation
-    raise TypeError(f"annotation: no command-line flag for a field of type {annotation!r}")
+    raise UsageTypeError("annotation", f"no command-line flag for a field of type {annotation!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Optional[Iterable[str]] = None,
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Optional[It
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in fields if names is None else names:
         if name not in fields or "help" not in fields[name].metadata:
-            raise ValueError(f"names: {cls.__name__} has no option {name!r}")
+            raise UsageError("names", f"{cls.__name__} has no option {name!r}")
         meta, kind = fields[name].metadata, _kind(hints[name])
         default = defaults.get(name, fields[name].default)
         kwargs: dict = {"dest": name, "default": default, "help": meta["help"]}

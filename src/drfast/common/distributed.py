@@ -12,6 +12,8 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
+from drfast.common.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -155,7 +157,7 @@ def all_gather_rows(x: torch.Tensor, sizes) -> torch.Tensor:
     ctx = current()
     sizes = [int(s) for s in sizes]
     if len(sizes) != ctx.world_size or x.shape[0] != sizes[ctx.rank]:
-        raise ValueError(f"sizes: expected {ctx.world_size} row counts with this rank's ({x.shape[0]}) at "
+        raise UsageError("sizes", f"expected {ctx.world_size} row counts with this rank's ({x.shape[0]}) at "
                          f"{ctx.rank}, got {sizes}")
     if not ctx.distributed:
         return x

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from drfast.common.errors import UsageError, UsageTypeError
+
 
 
 class DocIdMap(Sequence):
@@ -37,20 +39,20 @@ class DocIdMap(Sequence):
     def _check(self, name: str) -> None:
         ids = self._ids
         if ids.size and ids.dtype.itemsize and (np.char.str_len(ids) == 0).any():
-            raise ValueError(f"{name}: row {int(np.flatnonzero(np.char.str_len(ids) == 0)[0])} has an empty id")
+            raise UsageError(name, f"row {int(np.flatnonzero(np.char.str_len(ids) == 0)[0])} has an empty id")
         if ids.size and ids.dtype.itemsize == 0:
-            raise ValueError(f"{name}: row 0 has an empty id")
+            raise UsageError(name, "row 0 has an empty id")
         for bad in ("\n", "\r"):  # NULs are refused where the ids come in (numpy pads with them)
             hit = np.char.find(ids, bad.encode()) >= 0
             if hit.any():
                 row = int(np.flatnonzero(hit)[0])
-                raise ValueError(f"{name}: the id of row {row} ({self[row]!r}) contains {bad!r}; ids are stored one "
+                raise UsageError(name, f"the id of row {row} ({self[row]!r}) contains {bad!r}; ids are stored one "
                                  "per line and may not contain line breaks or NUL characters")
         ordered = ids[self._order]
         same = np.flatnonzero(ordered[1:] == ordered[:-1])
         if same.size:
             first, second = sorted(int(r) for r in self._order[same[0]:same[0] + 2])
-            raise ValueError(f"{name}: duplicate id {self[first]!r} (rows {first} and {second}); ids must be unique")
+            raise UsageError(name, f"duplicate id {self[first]!r} (rows {first} and {second}); ids must be unique")
 
     # ---- sequence of str ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -105,7 +107,7 @@ class DocIdMap(Sequence):
         missing = np.flatnonzero(rows < 0)
         if missing.size:
             of = f" of {owner}" if owner else ""
-            raise ValueError(f"{name}: document {str(doc_ids[int(missing[0])])!r}{of} is not in {where}")
+            raise UsageError(name, f"document {str(doc_ids[int(missing[0])])!r}{of} is not in {where}")
         return rows
 
     def __contains__(self, doc_id: object) -> bool:
@@ -149,14 +151,14 @@ def _as_bytes_array(ids: Any, name: str, check: bool = True) -> np.ndarray:
             return ids.reshape(-1).astype(f"S{len(str(int(abs(ids).max()))) + 1 if ids.size else 1}")
         ids = ids.tolist()
     if isinstance(ids, (str, bytes)):
-        raise TypeError(f"{name}: expected a sequence of document ids, got a single {type(ids).__name__}")
+        raise UsageTypeError(name, f"expected a sequence of document ids, got a single {type(ids).__name__}")
     out = []
     for i, x in enumerate(ids):
         if not isinstance(x, str):
             if check and not isinstance(x, (int, np.integer)):
-                raise TypeError(f"{name}: id {i} is a {type(x).__name__}, expected str")
+                raise UsageTypeError(name, f"id {i} is a {type(x).__name__}, expected str")
             x = str(x)
         if "\x00" in x:
-            raise ValueError(f"{name}: id {i} ({x!r}) contains a NUL character")
+            raise UsageError(name, f"id {i} ({x!r}) contains a NUL character")
         out.append(x.encode("utf-8"))
     return np.array(out, dtype=np.bytes_) if out else np.zeros(0, "S1")

@@ -9,6 +9,8 @@ import math
 import re
 from typing import Any, Optional
 
+from drfast.common.errors import UsageError, UsageTypeError
+
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
@@ -17,15 +19,15 @@ _NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 def _parse(value: Any, name: str, units: dict, what: str, examples: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"{name}: expected {what} such as {examples}, got {type(value).__name__} {value!r}")
+        raise UsageTypeError(name, f"expected {what} such as {examples}, got {type(value).__name__} {value!r}")
     if isinstance(value, (int, float)):
         number, unit = float(value), ""
         if not math.isfinite(number) or number < 0:
-            raise ValueError(f"{name}: expected a non-negative {what}, got {value!r}")
+            raise UsageError(name, f"expected a non-negative {what}, got {value!r}")
     else:
         match = _NUMBER.match(value)
         if not match or match.group(2).lower() not in units:
-            raise ValueError(f"{name}: expected {what} such as {examples}, got {value!r}")
+            raise UsageError(name, f"expected {what} such as {examples}, got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
     return int(round(number * units[unit]))
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError
 from drfast.data.parsing import (DataFormatError, PathLike, _decode, _id, _json_object, _line_of_offset, _sniff_format,
                                  _string, doc_text)
 
@@ -58,7 +59,7 @@ class Corpus:
         self.path = Path(path)
         self.format = format or _sniff_format(self.path)
         if self.format not in _PARSERS:
-            raise ValueError(f"format: expected 'jsonl' or 'tsv', got {self.format!r}")
+            raise UsageError("format", f"expected 'jsonl' or 'tsv', got {self.format!r}")
         stat = self.path.stat()
         self._stat = (stat.st_size, stat.st_mtime_ns)
         self.offsets, self.lengths, ids = self._index(stat.st_size)

@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageTypeError
 from drfast.data.corpus import Corpus
 from drfast.data.parsing import DataFormatError, PathLike, _id, _json_object, _lines, _sniff_format, _string
 
@@ -172,7 +173,7 @@ def load_beir(folder: PathLike, split: str, *, round_grades: bool = False, doc_i
                                 f"{', '.join(beir_splits(folder)) or 'none'}")
     if doc_ids is not None:
         if not isinstance(doc_ids, DocIdMap):
-            raise TypeError(f"doc_ids: expected a DocIdMap (an index's doc_ids), got {type(doc_ids).__name__}")
+            raise UsageTypeError("doc_ids", f"expected a DocIdMap (an index's doc_ids), got {type(doc_ids).__name__}")
         return _make_dataset(None, folder / "queries.jsonl", qrels_path, round_grades, doc_ids, doc_ids_source)
     return _make_dataset(Corpus(folder / "corpus.jsonl"), folder / "queries.jsonl", qrels_path, round_grades)
 

@@ -28,6 +28,7 @@ from drfast.common.atomic import atomic_dir, save_npy_atomic
 from drfast.common.checks import check_choice, check_int
 from drfast.common.distributed import DistContext
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.encode.encoders import Encoder
 
 __all__ = ["encode_corpus", "corpus_cache_key", "weights_digest", "DTYPES", "DEFAULT_CACHE"]
@@ -127,10 +128,10 @@ def _encode_chunks(encoder, corpus, dtype, batch_size, order, chunks, paths, min
         s, e = chunks[i]
         texts = corpus.texts(order[s:e].tolist())
         if len(texts) != e - s:
-            raise ValueError(f"corpus: texts() returned {len(texts)} texts for {e - s} indices")
+            raise UsageError("corpus", f"texts() returned {len(texts)} texts for {e - s} indices")
         emb = encoder.encode(texts, batch_size=batch_size, on_batch=bar.update).astype(dtype)
         if not np.isfinite(emb).all():
-            raise ValueError(f"dtype: embeddings overflow {dtype} (values beyond its range); use float32")
+            raise UsageError("dtype", f"embeddings overflow {dtype} (values beyond its range); use float32")
         save_npy_atomic(paths[i], emb)
 
 
@@ -230,7 +231,7 @@ def _assemble(final, paths, chunks, order, doc_ids, meta) -> None:
         for path, (s, e) in zip(paths, chunks):
             chunk = np.load(path)
             if chunk.shape != (e - s, meta["dim"]):
-                raise ValueError(f"cache_dir: {path} has shape {chunk.shape}, expected {(e - s, meta['dim'])}; "
+                raise UsageError("cache_dir", f"{path} has shape {chunk.shape}, expected {(e - s, meta['dim'])}; "
                                  f"delete {os.path.dirname(path)} and re-run")
             emb[order[s:e]] = chunk
         emb.flush()
@@ -243,7 +244,7 @@ def _load(folder: str, dtype: str, n: int) -> Tuple[np.memmap, DocIdMap]:
     emb = np.load(os.path.join(folder, f"embeddings.{dtype}.npy"), mmap_mode="r")
     doc_ids = DocIdMap.read(os.path.join(folder, "doc_ids.txt"))
     if emb.shape[0] != n or len(doc_ids) != n:
-        raise ValueError(f"cache_dir: {folder} holds {emb.shape[0]} rows and {len(doc_ids)} ids for a corpus of "
+        raise UsageError("cache_dir", f"{folder} holds {emb.shape[0]} rows and {len(doc_ids)} ids for a corpus of "
                          f"{n} documents; delete it and re-run")
     return emb, doc_ids
 
@@ -274,25 +275,25 @@ def _tokenizer_digest(tokenizer) -> str:
 def _fingerprint(corpus) -> str:
     fingerprint = corpus.fingerprint()
     if not isinstance(fingerprint, str):
-        raise TypeError(f"corpus: fingerprint() must return a str, got {type(fingerprint).__name__}")
+        raise UsageTypeError("corpus", f"fingerprint() must return a str, got {type(fingerprint).__name__}")
     return fingerprint
 
 
 def _check_encoder(encoder) -> None:
     if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder: expected a drfast Encoder, got {type(encoder).__name__}")
+        raise UsageTypeError("encoder", f"expected a drfast Encoder, got {type(encoder).__name__}")
 
 
 def _check_corpus(corpus):
     for attr in ("doc_ids", "texts", "lengths", "fingerprint"):
         if not hasattr(corpus, attr):
-            raise TypeError(f"corpus: expected an object with __len__, doc_ids, texts(), lengths and "
+            raise UsageTypeError("corpus", f"expected an object with __len__, doc_ids, texts(), lengths and "
                             f"fingerprint(); {type(corpus).__name__} has no {attr!r}")
     n = len(corpus)
     if n == 0:
-        raise ValueError("corpus: is empty")
+        raise UsageError("corpus", "is empty")
     doc_ids = DocIdMap(corpus.doc_ids, name="corpus doc_ids")  # unique, no line breaks
     lengths = np.asarray(corpus.lengths)
     if len(doc_ids) != n or lengths.shape != (n,):
-        raise ValueError(f"corpus: len() is {n} but doc_ids has {len(doc_ids)} and lengths shape {lengths.shape}")
+        raise UsageError("corpus", f"len() is {n} but doc_ids has {len(doc_ids)} and lengths shape {lengths.shape}")
     return n, doc_ids, lengths

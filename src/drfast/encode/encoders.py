@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from drfast.common.atomic import atomic_dir
 from drfast.common.checks import check_int
+from drfast.common.errors import UsageError, UsageTypeError
 
 __all__ = ["resolve_model", "read_st_config", "STConfig", "Encoder", "BiEncoder", "save_encoder"]
 
@@ -44,9 +45,9 @@ def resolve_model(name_or_path) -> str:
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str):
-        raise TypeError(f"name_or_path: expected a str or path, got {type(name_or_path).__name__}")
+        raise UsageTypeError("name_or_path", f"expected a str or path, got {type(name_or_path).__name__}")
     if not name_or_path:
-        raise ValueError("name_or_path: must not be empty")
+        raise UsageError("name_or_path", "must not be empty")
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path in MINILM_NAMES:
@@ -130,15 +131,15 @@ class Encoder(torch.nn.Module):
                  source: Optional[str] = None):
         super().__init__()
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model: expected a transformers model (torch.nn.Module), got {type(model).__name__}")
+            raise UsageTypeError("model", f"expected a transformers model (torch.nn.Module), got {type(model).__name__}")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+            raise UsageError("pooling", f"expected one of {POOLINGS}, got {pooling!r}")
         if not isinstance(normalize, bool):
-            raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+            raise UsageTypeError("normalize", f"expected a bool, got {type(normalize).__name__}")
         check_int(max_length, "max_length", 1)
         limit = getattr(model.config, "max_position_embeddings", None)
         if isinstance(limit, int) and limit > 0 and max_length > limit:
-            raise ValueError(f"max_length: {max_length} exceeds the model's max_position_embeddings ({limit})")
+            raise UsageError("max_length", f"{max_length} exceeds the model's max_position_embeddings ({limit})")
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -154,7 +155,7 @@ class Encoder(torch.nn.Module):
              max_length: Optional[int] = None, role: str = "document") -> "Encoder":
         """Load a local folder or hub name; `role` picks the plain-HF max_length default (32 / 256)."""
         if role not in ROLES:
-            raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
+            raise UsageError("role", f"expected one of {ROLES}, got {role!r}")
         source = resolve_model(name_or_path)
         model, tokenizer, st = _load_pretrained(source)
         return cls._from_parts(model, tokenizer, st, source, role, pooling, normalize, max_length)
@@ -233,9 +234,9 @@ class Encoder(torch.nn.Module):
 
     def _prepare(self, texts) -> list:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError(f"texts: expected a list of str, got {type(texts).__name__}")
+            raise UsageTypeError("texts", f"expected a list of str, got {type(texts).__name__}")
         if not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts: every item must be a str")
+            raise UsageTypeError("texts", "every item must be a str")
         return [t.lower() for t in texts] if self.do_lower_case else list(texts)
 
     def extra_repr(self) -> str:
@@ -251,9 +252,9 @@ class BiEncoder(torch.nn.Module):
         super().__init__()
         for name, enc in (("query_encoder", query_encoder), ("doc_encoder", doc_encoder)):
             if not isinstance(enc, Encoder):
-                raise TypeError(f"{name}: expected an Encoder, got {type(enc).__name__}")
+                raise UsageTypeError(name, f"expected an Encoder, got {type(enc).__name__}")
         if query_encoder.dim != doc_encoder.dim:
-            raise ValueError(f"doc_encoder: dimension {doc_encoder.dim} differs from the query encoder's "
+            raise UsageError("doc_encoder", f"dimension {doc_encoder.dim} differs from the query encoder's "
                              f"{query_encoder.dim}")
         self.query_encoder = query_encoder
         self.doc_encoder = doc_encoder
@@ -282,10 +283,10 @@ def save_encoder(encoder: Encoder, path) -> str:
     replaced). The folder loads with transformers.AutoModel and with SentenceTransformer, and the
     latter reproduces the Encoder's embeddings (same pooling, normalisation and max length)."""
     if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder: expected an Encoder, got {type(encoder).__name__}")
+        raise UsageTypeError("encoder", f"expected an Encoder, got {type(encoder).__name__}")
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValueError(f"path: {path} exists and is not a directory")
+        raise UsageError("path", f"{path} exists and is not a directory")
     with atomic_dir(path) as tmp:
         encoder.model.save_pretrained(tmp)
         old_limit = encoder.tokenizer.model_max_length

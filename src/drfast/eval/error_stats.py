@@ -25,6 +25,7 @@ from numba import njit, prange
 
 from drfast.common.checks import as_int64_vector, check_int
 from drfast.common.csr import offsets_of, row_of_each
+from drfast.common.errors import UsageError
 
 HARDEST_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50)
 KINDS = ("total", "topk")
@@ -113,7 +114,7 @@ def compile_kernel() -> float:
 def _inputs(pos_offsets, pos_ranks, k) -> Tuple[np.ndarray, np.ndarray, int]:
     offsets, ranks = _int64_vector(pos_offsets, "pos_offsets"), _int64_vector(pos_ranks, "pos_ranks")
     if offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] != ranks.shape[0]:
-        raise ValueError(f"pos_offsets: expected int64 [Q+1] CSR offsets from 0 to len(pos_ranks)="
+        raise UsageError("pos_offsets", f"expected int64 [Q+1] CSR offsets from 0 to len(pos_ranks)="
                          f"{ranks.shape[0]}, got {offsets.shape[0]} values"
                          + (f" from {offsets[0]} to {offsets[-1]}" if offsets.shape[0] else ""))
     return offsets, ranks, check_int(k, "k", 1)
@@ -124,7 +125,7 @@ def _int64_vector(x, name: str) -> np.ndarray:
 
 
 def _raise_problem(query: int, code: int) -> None:
-    raise ValueError(f"pos_ranks: query {query} has {_PROBLEMS[code]}; expected the distinct 1-based corpus "
+    raise UsageError("pos_ranks", f"query {query} has {_PROBLEMS[code]}; expected the distinct 1-based corpus "
                      "ranks of each query's positives (SearchResult.pos_ranks)")
 
 
@@ -189,7 +190,7 @@ def _pass(pos_offsets, pos_ranks, k, n_docs, backend):
     elif backend == "numpy":
         total, topk, hist = _numpy_pass(offsets, ranks, k, n_docs)
     else:
-        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+        raise UsageError("backend", f"expected 'numba' or 'numpy', got {backend!r}")
     return offsets, total, topk, hist, k
 
 
@@ -224,9 +225,9 @@ def summarize(total, topk, k: int = 200, fractions: Sequence[float] = HARDEST_FR
     the ceil(1% of queries) queries with the most errors of that kind."""
     total, topk = _int64_vector(total, "total"), _int64_vector(topk, "topk")
     if total.shape != topk.shape:
-        raise ValueError(f"topk: expected the shape of total {list(total.shape)}, got {list(topk.shape)}")
+        raise UsageError("topk", f"expected the shape of total {list(total.shape)}, got {list(topk.shape)}")
     if (total < 0).any() or (topk < 0).any() or (topk > total).any():
-        raise ValueError("total, topk: expected counts with 0 <= topk <= total")
+        raise UsageError("total, topk", "expected counts with 0 <= topk <= total")
     return _summary(total, topk, _decade_histogram(total, topk), k, fractions)
 
 
@@ -279,7 +280,7 @@ def hardest_share(values, fractions: Sequence[float] = HARDEST_FRACTIONS) -> Dic
 def _check_fractions(fractions) -> Tuple[float, ...]:
     out = tuple(float(f) for f in fractions)
     if not all(0 < f <= 1 for f in out):
-        raise ValueError(f"fractions: expected shares of the queries in (0, 1], got {list(fractions)!r}")
+        raise UsageError("fractions", f"expected shares of the queries in (0, 1], got {list(fractions)!r}")
     return out
 
 
@@ -295,7 +296,7 @@ def exact_positive_ranks(index, query_embeddings, positives_rows: Sequence[Seque
     is collective: every rank must call it equally often, also with fewer queries or none)."""
     emb = np.ascontiguousarray(query_embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(positives_rows):
-        raise ValueError(f"query_embeddings: expected shape [{len(positives_rows)}, d] (one row per positives "
+        raise UsageError("query_embeddings", f"expected shape [{len(positives_rows)}, d] (one row per positives "
                          f"list), got {list(emb.shape)}")
     offsets = offsets_of(positives_rows)
     ranks = np.empty(int(offsets[-1]), np.int64)

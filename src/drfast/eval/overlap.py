@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from drfast.common.checks import as_int64_vector, check_int
 from drfast.common.csr import check_offsets
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.flat import FlatIndex
 from drfast.negatives.mining import MiningConfig, mine_from_index
 from drfast.search.rank_metrics import mean_mrr
@@ -52,19 +53,19 @@ def overlap_and_mrr(ids: Any, pos_offsets: Any, pos_ids: Any, pos_ranks: Any,
     """
     ids = np.asarray(ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids: expected an integer array [B, k'], got shape {list(ids.shape)} of {ids.dtype}")
+        raise UsageError("ids", f"expected an integer array [B, k'], got shape {list(ids.shape)} of {ids.dtype}")
     B = ids.shape[0]
     offsets = as_int64_vector(pos_offsets, "pos_offsets", "an integer array")
     if offsets.shape != (B + 1,):
-        raise ValueError(f"pos_offsets: expected CSR offsets [B+1] = [{B + 1}], got shape {list(offsets.shape)}")
+        raise UsageError("pos_offsets", f"expected CSR offsets [B+1] = [{B + 1}], got shape {list(offsets.shape)}")
     check_offsets(offsets, int(offsets[-1]), "pos_offsets")
     positives = as_int64_vector(pos_ids, "pos_ids", "an integer array")
     ranks = as_int64_vector(pos_ranks, "pos_ranks", "an integer array")
     for name, array in (("pos_ids", positives), ("pos_ranks", ranks)):
         if array.shape != (offsets[-1],):
-            raise ValueError(f"{name}: expected {offsets[-1]} values (pos_offsets[-1]), got {array.shape[0]}")
+            raise UsageError(name, f"expected {offsets[-1]} values (pos_offsets[-1]), got {array.shape[0]}")
     if len(static_rows) != B:
-        raise ValueError(f"static_rows: expected one list per query ({B}), got {len(static_rows)}")
+        raise UsageError("static_rows", f"expected one list per query ({B}), got {len(static_rows)}")
     check_int(k, "k", 1)
     overlap = np.full(B, np.nan)
     for b in range(B):
@@ -104,7 +105,7 @@ def reencoded_index(doc_encoder, corpus, batch_size: int = 64, chunk_size: int =
             chunk = doc_encoder.encode(corpus.texts(np.arange(start, end)), batch_size=batch_size,
                                        on_batch=bar.update).astype(np.float16)
             if not np.isfinite(chunk).all():
-                raise ValueError("doc_encoder: embeddings overflow float16 (values beyond its range)")
+                raise UsageError("doc_encoder", "embeddings overflow float16 (values beyond its range)")
             emb[start:end] = chunk
     return FlatIndex(emb, corpus.doc_ids)
 
@@ -129,11 +130,11 @@ class NegativeOverlapHook:
                  index_fn: Optional[Callable[[Any], Any]] = None):
         for name, value in (("queries", queries), ("positives", positives), ("static_negatives", static_negatives)):
             if not isinstance(value, Mapping):
-                raise TypeError(f"{name}: expected a dict {{qid: ...}}, got {type(value).__name__}")
+                raise UsageTypeError(name, f"expected a dict {{qid: ...}}, got {type(value).__name__}")
         check_int(k, "k", 1)
         check_int(batch_size, "batch_size", 1)
         if index_fn is not None and not callable(index_fn):
-            raise TypeError(f"index_fn: expected a callable trainer -> index, got {type(index_fn).__name__}")
+            raise UsageTypeError("index_fn", f"expected a callable trainer -> index, got {type(index_fn).__name__}")
         static: Dict[str, List[str]] = {}
         for qid, negatives in static_negatives.items():
             pos = set(positives.get(qid) or ())
@@ -143,12 +144,12 @@ class NegativeOverlapHook:
             if kept:
                 static[qid] = kept
         if not static:
-            raise ValueError("static_negatives: no query has both positives and a static negative that is not "
+            raise UsageError("static_negatives", "no query has both positives and a static negative that is not "
                              "one of its positives")
         self.qids = sample_queries(list(static), max_queries, seed)
         missing = [q for q in self.qids if q not in queries]
         if missing:
-            raise ValueError(f"queries: query {missing[0]!r} has positives and static negatives but no text")
+            raise UsageError("queries", f"query {missing[0]!r} has positives and static negatives but no text")
         self.queries = {q: queries[q] for q in self.qids}
         self.positives = {q: list(dict.fromkeys(positives[q])) for q in self.qids}
         self.static = {q: static[q] for q in self.qids}
@@ -163,13 +164,13 @@ class NegativeOverlapHook:
         """A hook whose static negatives are `query_encoder`'s top-k non-positive rows of `index` now,
         before training (mined for the sampled queries only), so the overlap starts at 1.0."""
         if not isinstance(positives, Mapping):
-            raise TypeError(f"positives: expected a dict {{qid: [doc_id]}}, got {type(positives).__name__}")
+            raise UsageTypeError("positives", f"expected a dict {{qid: [doc_id]}}, got {type(positives).__name__}")
         qids = sample_queries([q for q, docs in positives.items() if docs], max_queries, seed)
         if not qids:
-            raise ValueError("positives: no query has a positive document")
+            raise UsageError("positives", "no query has a positive document")
         missing = [q for q in qids if q not in queries]
         if missing:
-            raise ValueError(f"queries: query {missing[0]!r} has positives but no text")
+            raise UsageError("queries", f"query {missing[0]!r} has positives but no text")
         pos_rows = [_rows(index, list(dict.fromkeys(positives[q])), "positives", q) for q in qids]
         # the same texts and batches as the hook's own first call: the same embeddings, bit for bit
         emb = query_encoder.encode([queries[q] for q in qids], batch_size=batch_size)
@@ -189,7 +190,7 @@ class NegativeOverlapHook:
         doc_encoder = getattr(getattr(trainer, "model", None), "doc_encoder", None)
         corpus = getattr(trainer, "corpus", None)
         if doc_encoder is None or corpus is None:
-            raise TypeError(f"trainer: a {type(trainer).__name__} has neither `.index` nor `.model.doc_encoder` "
+            raise UsageTypeError("trainer", f"a {type(trainer).__name__} has neither `.index` nor `.model.doc_encoder` "
                             "and `.corpus`; pass index_fn")
         return reencoded_index(doc_encoder, corpus, self.batch_size)
 
@@ -198,7 +199,7 @@ class NegativeOverlapHook:
         if encoder is None:
             encoder = getattr(getattr(trainer, "model", None), "query_encoder", None)
         if encoder is None:
-            raise TypeError(f"trainer: a {type(trainer).__name__} has neither `.encoder` nor `.model.query_encoder`")
+            raise UsageTypeError("trainer", f"a {type(trainer).__name__} has neither `.encoder` nor `.model.query_encoder`")
         index = self.index_of(trainer)
         pos_rows, static_rows = self._rows_for(index)
         overlaps, mrr_sum = [], 0.0

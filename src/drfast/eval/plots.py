@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from drfast.common.atomic import write_file_atomic
+from drfast.common.errors import UsageError
 
 __all__ = ["plot_run", "find_train_log", "read_train_log", "save_figure"]
 
@@ -40,7 +41,7 @@ def find_train_log(run_dir: str | os.PathLike) -> Path:
     for path in (folder / "train_log.jsonl", folder / "run" / "train_log.jsonl"):
         if path.is_file():
             return path
-    raise ValueError(f"run_dir: no train_log.jsonl in {folder} or {folder / 'run'}")
+    raise UsageError("run_dir", f"no train_log.jsonl in {folder} or {folder / 'run'}")
 
 
 def read_train_log(path: str | os.PathLike) -> List[dict]:
@@ -110,7 +111,7 @@ def save_figure(fig, out: Path) -> Path:
     """Writes a matplotlib Figure atomically; the format follows the suffix (default png)."""
     fmt = out.suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
-        raise ValueError(f"output: {out} has an image format matplotlib cannot write ({fmt!r}); use .png, .pdf "
+        raise UsageError("output", f"{out} has an image format matplotlib cannot write ({fmt!r}); use .png, .pdf "
                          "or .svg")
     return write_file_atomic(out, lambda f: fig.savefig(f, format=fmt, dpi=120))  # never half an image
 

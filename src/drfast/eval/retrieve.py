@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from drfast.common.distributed import current, slice_of
+from drfast.common.errors import UsageError
 from drfast.index.sharded import ShardedIndex
 
 
@@ -43,7 +44,7 @@ def _retrieve_sharded(index: ShardedIndex, query_encoder, queries: Dict[str, str
     ceil(n_batches / W) collective searches (empty ones past its block), a number all ranks compute
     from the global query count; rank 0 gathers the rows and scores and maps the rows to doc ids."""
     if index.doc_ids is None:
-        raise ValueError("index: a ShardedIndex needs its doc_ids (all rows') to produce a run")
+        raise UsageError("index", "a ShardedIndex needs its doc_ids (all rows') to produce a run")
     ctx = current()
     qids = list(queries)
     starts = list(range(0, len(qids), batch_size))

@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from drfast.common.atomic import write_text_atomic
+from drfast.common.errors import UsageError
 
 __all__ = [
     "evaluate",
@@ -57,7 +58,7 @@ def trec_order(docs: Mapping[str, float]) -> list[str]:
         return []
     scores = np.fromiter((float(s) for s in docs.values()), np.float64, len(ids))
     if np.isnan(scores).any():
-        raise ValueError(f"scores: NaN score for document {ids[int(np.argmax(np.isnan(scores)))]!r}")
+        raise UsageError("scores", f"NaN score for document {ids[int(np.argmax(np.isnan(scores)))]!r}")
     with np.errstate(over="ignore"):  # |s| > 3.4e38 becomes +-inf, as in trec_eval's float
         key32 = scores.astype(np.float32)
     # lexsort is ascending on (key32, then docid); docids are unique, so reversing gives both descending.
@@ -114,10 +115,10 @@ def evaluate(run, qrels, measures=DEFAULT_MEASURES, per_query=False):
 
     names = list(dict.fromkeys(measures))  # keep order, drop duplicates
     if not names:
-        raise ValueError("measures: empty")
+        raise UsageError("measures", "empty")
     resolved = {name: _resolve(name) for name in names}
     if not qrels:
-        raise ValueError("qrels: no queries (trec_eval has nothing to average over)")
+        raise UsageError("qrels", "no queries (trec_eval has nothing to average over)")
 
     # pytrec_eval wants exact int / float objects; numpy scalars are rejected by its C layer.
     judged = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items() if len(docs)}
@@ -125,7 +126,7 @@ def evaluate(run, qrels, measures=DEFAULT_MEASURES, per_query=False):
     ranked = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged}
     bad = next((q for q, docs in ranked.items() if any(s != s for s in docs.values())), None)
     if bad is not None:  # NaN has no place in trec_eval's sort
-        raise ValueError(f"run: NaN score in query {bad!r}")
+        raise UsageError("run", f"NaN score in query {bad!r}")
 
     groups: dict[int | None, set[str]] = {}
     for cut, meas, _ in resolved.values():
@@ -215,7 +216,7 @@ def paired_ttest(per_query_a, per_query_b) -> tuple[float, float]:
     else:
         a, b = np.asarray(per_query_a, np.float64), np.asarray(per_query_b, np.float64)
         if a.ndim != 1 or a.shape != b.shape:
-            raise ValueError(f"per_query_a, per_query_b: expected 1-D arrays of one length, got {a.shape}, {b.shape}")
+            raise UsageError("per_query_a, per_query_b", f"expected 1-D arrays of one length, got {a.shape}, {b.shape}")
     if len(a) < 2:
         raise ValueError(f"paired t-test needs at least 2 queries, got {len(a)}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):

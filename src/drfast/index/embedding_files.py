@@ -17,6 +17,7 @@ from typing import Optional, Union
 import numpy as np
 
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError
 
 PathLike = Union[str, os.PathLike]
 BIN_DTYPES = {".fbin": np.dtype("<f4"), ".f16bin": np.dtype("<f2")}
@@ -33,12 +34,12 @@ def open_embeddings(path: PathLike, name: str = "embeddings") -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{name}: expected a .npy, .fbin (float32) or .f16bin (float16) file, got {path}")
+        raise UsageError(name, f"expected a .npy, .fbin (float32) or .f16bin (float16) file, got {path}")
     if not path.is_file():
         raise FileNotFoundError(f"{name}: {path} is not a file")
     emb = _open_bin(path, BIN_DTYPES[suffix], name) if suffix in BIN_DTYPES else _open_npy(path, name)
     if emb.shape[0] < 1 or emb.shape[1] < 1:
-        raise ValueError(f"{name}: {path} holds a [{emb.shape[0]}, {emb.shape[1]}] matrix; an index needs "
+        raise UsageError(name, f"{path} holds a [{emb.shape[0]}, {emb.shape[1]}] matrix; an index needs "
                          "at least one row of dimension >= 1")
     return emb
 
@@ -47,14 +48,14 @@ def _open_npy(path: Path, name: str) -> np.ndarray:
     try:
         emb = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{name}: {path} is not a readable .npy file ({e})") from None
+        raise UsageError(name, f"{path} is not a readable .npy file ({e})") from None
     if emb.dtype not in NPY_DTYPES:
-        raise ValueError(f"{name}: {path} holds {emb.dtype} values; expected float32 or float16 "
+        raise UsageError(name, f"{path} holds {emb.dtype} values; expected float32 or float16 "
                          "(convert with .astype(np.float32))")
     if emb.ndim != 2:
-        raise ValueError(f"{name}: {path} holds an array of shape {emb.shape}; expected a 2-D [N, d] matrix")
+        raise UsageError(name, f"{path} holds an array of shape {emb.shape}; expected a 2-D [N, d] matrix")
     if not emb.flags.c_contiguous:  # an index would copy it into memory; say so instead
-        raise ValueError(f"{name}: {path} is stored in Fortran (column) order; save it in C (row) order "
+        raise UsageError(name, f"{path} is stored in Fortran (column) order; save it in C (row) order "
                          "(np.save(path, np.ascontiguousarray(emb)))")
     return emb
 
@@ -62,13 +63,13 @@ def _open_npy(path: Path, name: str) -> np.ndarray:
 def _open_bin(path: Path, dtype: np.dtype, name: str) -> np.ndarray:
     size = path.stat().st_size
     if size < 8:
-        raise ValueError(f"{name}: {path} has {size} bytes, less than its 8-byte header (int32 N, int32 d)")
+        raise UsageError(name, f"{path} has {size} bytes, less than its 8-byte header (int32 N, int32 d)")
     n, d = (int(x) for x in np.fromfile(path, dtype="<i4", count=2))
     if n < 1 or d < 1:
-        raise ValueError(f"{name}: {path} has a bad header (N={n}, d={d}); expected positive int32 N and d")
+        raise UsageError(name, f"{path} has a bad header (N={n}, d={d}); expected positive int32 N and d")
     expected = 8 + n * d * dtype.itemsize
     if size != expected:
-        raise ValueError(f"{name}: {path} has {size} bytes, but its header (N={n}, d={d}) with "
+        raise UsageError(name, f"{path} has {size} bytes, but its header (N={n}, d={d}) with "
                          f"{dtype.itemsize}-byte {dtype.name} values needs 8 + {n}*{d}*{dtype.itemsize} = {expected}"
                          f"{' (is it a ' + _other_suffix(dtype) + ' file?)' if _fits_other(size, n, d, dtype) else ''}")
     return np.memmap(path, dtype=dtype, mode="r", offset=8, shape=(n, d))
@@ -91,20 +92,20 @@ def read_doc_ids(path: PathLike, expected: Optional[int] = None, name: str = "do
     except OSError as e:
         raise FileNotFoundError(f"{name}: cannot read {path} ({e.strerror or e})") from None
     if b"\x00" in data:
-        raise ValueError(f"{name}: {path} contains a NUL character; expected a text file with one id per line")
+        raise UsageError(name, f"{path} contains a NUL character; expected a text file with one id per line")
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the final line end
     lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
     if expected is not None and len(lines) != expected:
-        raise ValueError(f"{name}: {path} holds {len(lines)} ids but the embeddings have {expected} rows "
+        raise UsageError(name, f"{path} holds {len(lines)} ids but the embeddings have {expected} rows "
                          "(one id per row, one per line)")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: {path} is not UTF-8 text ({e})") from None
+        raise UsageError(name, f"{path} is not UTF-8 text ({e})") from None
     ids = np.array(lines, dtype=np.bytes_) if lines else np.zeros(0, "S1")
     empty = np.flatnonzero(np.char.str_len(ids) == 0) if ids.size else ids
     if empty.size:
-        raise ValueError(f"{name}: {path}, line {int(empty[0]) + 1} is empty; every line must hold an id")
+        raise UsageError(name, f"{path}, line {int(empty[0]) + 1} is empty; every line must hold an id")
     return DocIdMap(ids, name=f"{name}: {path}")  # refuses duplicates, naming both rows

@@ -18,6 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from drfast.common.errors import UsageError, UsageTypeError
+
 KSUB = 256  # 8-bit codes, as PQIndex
 
 SUPPORTED = ("IndexFlatIP, IndexPQ, IndexIVFPQ with one list, optionally inside IndexPreTransform "
@@ -38,25 +40,25 @@ def read_faiss(path_or_index: Any, mmap: bool = True) -> Tuple[str, Dict[str, An
     owned = isinstance(path_or_index, (str, os.PathLike))
     root = _read(path_or_index, mmap) if owned else path_or_index
     if not isinstance(root, faiss.Index):
-        raise TypeError(f"load_faiss_index: expected a faiss index or a path, got {type(path_or_index).__name__}")
+        raise UsageTypeError("load_faiss_index", f"expected a faiss index or a path, got {type(path_or_index).__name__}")
     index, rotation = _unwrap(faiss, faiss.downcast_index(root))
     name = type(index).__name__
     if name not in ("IndexFlatIP", "IndexFlat", "IndexPQ", "IndexIVFPQ"):
-        raise TypeError(f"load_faiss_index: faiss.{name} is not supported; supported: {SUPPORTED}")
+        raise UsageTypeError("load_faiss_index", f"faiss.{name} is not supported; supported: {SUPPORTED}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         metric = "L2" if index.metric_type == faiss.METRIC_L2 else f"metric {index.metric_type}"
-        raise ValueError(f"load_faiss_index: faiss.{name} uses {metric}; only METRIC_INNER_PRODUCT is "
+        raise UsageError("load_faiss_index", f"faiss.{name} uses {metric}; only METRIC_INNER_PRODUCT is "
                          "supported (drfast scores are inner products)")
     flat = name.startswith("IndexFlat")
     if flat and rotation is not None:
-        raise TypeError(f"load_faiss_index: an OPQMatrix before faiss.{name} is not supported; supported: {SUPPORTED}")
+        raise UsageTypeError("load_faiss_index", f"an OPQMatrix before faiss.{name} is not supported; supported: {SUPPORTED}")
     if not flat and index.pq.nbits != 8:
-        raise ValueError(f"load_faiss_index: faiss.{name} has {index.pq.nbits}-bit codes; only 8-bit are supported")
+        raise UsageError("load_faiss_index", f"faiss.{name} has {index.pq.nbits}-bit codes; only 8-bit are supported")
     if name == "IndexIVFPQ" and index.nlist != 1:
-        raise ValueError(f"load_faiss_index: faiss.IndexIVFPQ with nlist={index.nlist} is not supported; only "
+        raise UsageError("load_faiss_index", f"faiss.IndexIVFPQ with nlist={index.nlist} is not supported; only "
                          "one inverted list (nlist=1, the JPQ / DRhard layout) scans every row exactly")
     if index.ntotal == 0:
-        raise ValueError(f"load_faiss_index: faiss.{name} holds no vectors")
+        raise UsageError("load_faiss_index", f"faiss.{name} holds no vectors")
     if flat:
         return "flat", {"emb": _array(faiss, root, index.codes.data(), np.float32, (index.ntotal, index.d), owned)}
     centroids = faiss.vector_to_array(index.pq.centroids).reshape(index.pq.M, KSUB, index.pq.dsub)
@@ -76,7 +78,7 @@ def _read(path: Any, mmap: bool):
     try:
         return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except RuntimeError as e:
-        raise ValueError(f"path: {path} is not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
+        raise UsageError("path", f"{path} is not a readable faiss index ({str(e).strip().splitlines()[-1]})") from None
 
 
 def _unwrap(faiss, index):
@@ -89,7 +91,7 @@ def _unwrap(faiss, index):
             rotation = _opq_rotation(faiss, index)
         elif name in ("IndexIDMap", "IndexIDMap2"):
             if not np.array_equal(faiss.vector_to_array(index.id_map), np.arange(index.ntotal)):
-                raise ValueError(f"load_faiss_index: faiss.{name} with ids other than 0..N-1 in order is not "
+                raise UsageError("load_faiss_index", f"faiss.{name} with ids other than 0..N-1 in order is not "
                                  f"supported; supported: {SUPPORTED}")
         else:
             return index, rotation
@@ -105,15 +107,15 @@ def _opq_rotation(faiss, index) -> np.ndarray:
     transforms = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
     names = ", ".join(f"faiss.{type(t).__name__}" for t in transforms)
     if len(transforms) != 1 or type(transforms[0]).__name__ not in ("OPQMatrix", "LinearTransform"):
-        raise TypeError(f"load_faiss_index: IndexPreTransform with [{names}] is not supported; supported: {SUPPORTED}")
+        raise UsageTypeError("load_faiss_index", f"IndexPreTransform with [{names}] is not supported; supported: {SUPPORTED}")
     opq = transforms[0]
     if opq.d_in != opq.d_out or opq.have_bias or not opq.is_trained:
-        raise ValueError(f"load_faiss_index: the {names} must be trained, square and without bias; got d_in="
+        raise UsageError("load_faiss_index", f"the {names} must be trained, square and without bias; got d_in="
                          f"{opq.d_in}, d_out={opq.d_out}, have_bias={opq.have_bias}, is_trained={opq.is_trained}")
     rotation = faiss.vector_to_array(opq.A).reshape(opq.d_out, opq.d_in)
     error = np.abs(rotation.astype(np.float64) @ rotation.T - np.eye(opq.d_in)).max()
     if error > 1e-4:
-        raise ValueError(f"load_faiss_index: the {names} is not orthogonal (max |R R^T - I| = {error:.2g}); "
+        raise UsageError("load_faiss_index", f"the {names} is not orthogonal (max |R R^T - I| = {error:.2g}); "
                          "only OPQ rotations are supported")
     return rotation
 
@@ -127,7 +129,7 @@ def _ivf1_pq(faiss, index, centroids: np.ndarray):
     """
     lists, n, m = index.invlists, index.ntotal, index.pq.M
     if lists.list_size(0) != n or index.code_size != m:
-        raise ValueError(f"load_faiss_index: faiss.IndexIVFPQ's list holds {lists.list_size(0)} codes of "
+        raise UsageError("load_faiss_index", f"faiss.IndexIVFPQ's list holds {lists.list_size(0)} codes of "
                          f"{index.code_size} bytes, expected ntotal={n} codes of m={m} bytes")
     codes_ptr, ids_ptr = lists.get_codes(0), lists.get_ids(0)
     try:
@@ -140,7 +142,7 @@ def _ivf1_pq(faiss, index, centroids: np.ndarray):
     seen = np.zeros(n, dtype=bool)
     seen[ids[(ids >= 0) & (ids < n)]] = True
     if not seen.all():
-        raise ValueError(f"load_faiss_index: faiss.IndexIVFPQ ids are not a permutation of 0..{n - 1} "
+        raise UsageError("load_faiss_index", f"faiss.IndexIVFPQ ids are not a permutation of 0..{n - 1} "
                          f"({np.unique(ids).size} distinct ids in {ids.min()}..{ids.max()}); drfast rows are faiss ids")
     ordered = np.empty_like(codes)
     ordered[ids] = codes

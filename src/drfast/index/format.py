@@ -16,6 +16,7 @@ import numpy as np
 from drfast.common.atomic import atomic_dir
 from drfast.common.checks import as_int64_vector
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -27,7 +28,7 @@ def doc_id_map(doc_ids: Optional[Sequence[str]], n: int) -> DocIdMap:
     """The external ids of n rows as a DocIdMap (default "0".."n-1"); unique, one per row."""
     ids = DocIdMap.range(n) if doc_ids is None else DocIdMap(doc_ids)
     if len(ids) != n:
-        raise ValueError(f"doc_ids: expected {n} ids (one per row), got {len(ids)}")
+        raise UsageError("doc_ids", f"expected {n} ids (one per row), got {len(ids)}")
     return ids
 
 
@@ -35,7 +36,7 @@ def check_rows(rows: Any, n: int) -> np.ndarray:
     """Row ids as int64 numpy, each in [0, n)."""
     rows = as_int64_vector(rows, "rows")
     if rows.size and (rows.min() < 0 or rows.max() >= n):
-        raise ValueError(f"rows: ids must be in [0, {n}), got {rows.min()}..{rows.max()}")
+        raise UsageError("rows", f"ids must be in [0, {n}), got {rows.min()}..{rows.max()}")
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Sequence
 
+from drfast.common.errors import UsageError
 from drfast.index.faiss_interop import read_faiss
 from drfast.index.flat import FlatIndex
 from drfast.index.format import read_meta
@@ -23,7 +24,7 @@ def load_index(path: str | os.PathLike, mmap: bool = True):
     meta = read_meta(path)
     kind = meta.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"path: unknown index kind {kind!r} in {os.fspath(path)}/meta.json "
+        raise UsageError("path", f"unknown index kind {kind!r} in {os.fspath(path)}/meta.json "
                          f"(expected one of {sorted(KINDS)})")
     return KINDS[kind]._load(path, meta, mmap)
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from drfast.common.checks import check_bool, check_int
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.faiss_interop import pq_to_faiss
 from drfast.index.format import check_rows, doc_id_map, read_array, read_doc_ids, write_index_dir
 from drfast.search.dispatch import pq_search
@@ -64,22 +65,22 @@ class PQIndex:
     def __init__(self, centroids: Any, codes: Any, rotation: Any = None, doc_ids: Optional[Sequence[str]] = None):
         self.centroids = torch.as_tensor(centroids, dtype=torch.float32)
         if self.centroids.ndim != 3 or self.centroids.shape[1] != KSUB:
-            raise ValueError(f"centroids: expected shape [m, {KSUB}, dsub], got {tuple(self.centroids.shape)}")
+            raise UsageError("centroids", f"expected shape [m, {KSUB}, dsub], got {tuple(self.centroids.shape)}")
         if not torch.isfinite(self.centroids).all():
-            raise ValueError("centroids: contains NaN or Inf")
+            raise UsageError("centroids", "contains NaN or Inf")
         m = self.centroids.shape[0]
         if isinstance(codes, torch.Tensor):
             codes = codes if codes.is_cuda else codes.numpy()
         if not isinstance(codes, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"codes: expected a uint8 numpy array or torch tensor [N, {m}], got {type(codes).__name__}")
+            raise UsageTypeError("codes", f"expected a uint8 numpy array or torch tensor [N, {m}], got {type(codes).__name__}")
         if codes.dtype not in (np.uint8, torch.uint8):
-            raise TypeError(f"codes: expected dtype uint8, got {codes.dtype}")
+            raise UsageTypeError("codes", f"expected dtype uint8, got {codes.dtype}")
         if codes.ndim != 2 or codes.shape[1] != m or codes.shape[0] == 0:
-            raise ValueError(f"codes: expected shape [N >= 1, m={m}], got {tuple(codes.shape)}")
+            raise UsageError("codes", f"expected shape [N >= 1, m={m}], got {tuple(codes.shape)}")
         self.codes = codes if isinstance(codes, torch.Tensor) else np.ascontiguousarray(codes)
         self.rotation = None if rotation is None else torch.as_tensor(rotation, dtype=torch.float32)
         if self.rotation is not None and tuple(self.rotation.shape) != (self.dim, self.dim):
-            raise ValueError(f"rotation: expected shape [{self.dim}, {self.dim}], got {tuple(self.rotation.shape)}")
+            raise UsageError("rotation", f"expected shape [{self.dim}, {self.dim}], got {tuple(self.rotation.shape)}")
         self.doc_ids = doc_id_map(doc_ids, self.ntotal)
 
     # ---- construction -----------------------------------------------------------------------
@@ -94,15 +95,15 @@ class PQIndex:
         emb = emb.cpu().numpy() if isinstance(emb, torch.Tensor) else emb
         n, d = emb.shape
         if check_int(nbits, "nbits") != 8:
-            raise ValueError(f"nbits: only 8-bit codes are supported, got {nbits}")
+            raise UsageError("nbits", f"only 8-bit codes are supported, got {nbits}")
         m = check_int(m, "m", 1)
         if d % m:
-            raise ValueError(f"m: must be a positive divisor of the dimension {d}, got {m}")
+            raise UsageError("m", f"must be a positive divisor of the dimension {d}, got {m}")
         seed = check_int(seed, "seed", 0, 2**31 - 1)  # faiss keeps seeds in a C int
         max_train = check_int(max_train, "max_train", KSUB)
         check_bool(opq, "opq")
         if n < KSUB:
-            raise ValueError(f"emb: PQ training needs at least {KSUB} rows (one per centroid), got {n}")
+            raise UsageError("emb", f"PQ training needs at least {KSUB} rows (one per centroid), got {n}")
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, max_train), replace=False))
         train_x = np.ascontiguousarray(emb[sample], dtype=np.float32)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from drfast.common.distributed import current, slice_of
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.flat import FlatIndex
 from drfast.index.format import check_rows, doc_id_map
 from drfast.index.pq import PQIndex
@@ -93,7 +94,7 @@ class ShardedIndex:
     def __init__(self, local_index: Any, group: Any = None, doc_ids: Optional[Sequence[str]] = None):
         dist = _dist()
         if not isinstance(local_index, (FlatIndex, PQIndex)):
-            raise TypeError(f"local_index: expected a FlatIndex or PQIndex, got {type(local_index).__name__}")
+            raise UsageTypeError("local_index", f"expected a FlatIndex or PQIndex, got {type(local_index).__name__}")
         self.local = local_index
         self.group = group
         self.world = dist.get_world_size(group)
@@ -106,13 +107,13 @@ class ShardedIndex:
         every = self._all_gather_equal(info).cpu()
         kinds, dims, prints = every[:, 2], every[:, 1], every[:, 3]
         if not bool((kinds == kinds[0]).all()):
-            raise ValueError("local_index: every rank needs the same kind of index (FlatIndex or PQIndex), got "
+            raise UsageError("local_index", "every rank needs the same kind of index (FlatIndex or PQIndex), got "
                              f"{['flat' if int(x) == 0 else 'pq' for x in kinds]}")
         if not bool((dims == dims[0]).all()):
-            raise ValueError(f"local_index: every rank needs the same dim, got {dims.tolist()}")
+            raise UsageError("local_index", f"every rank needs the same dim, got {dims.tolist()}")
         if not bool((prints == prints[0]).all()):
             what = "PQ codebooks (centroids, rotation)" if self.kind == "pq" else "row dtype"
-            raise ValueError(f"local_index: the {what} differ across ranks; the shards must be parts of one index")
+            raise UsageError("local_index", f"the {what} differ across ranks; the shards must be parts of one index")
         self.sizes = [int(x) for x in every[:, 0]]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.row_offset = int(self.offsets[self.rank])
@@ -124,7 +125,7 @@ class ShardedIndex:
         PQIndex that every rank holds whole (e.g. memory-mapped by load_index: only the slice is read),
         with its doc ids (or `doc_ids`) for all rows. A flat index's first pass is rebuilt for the slice."""
         if not isinstance(index, (FlatIndex, PQIndex)):
-            raise TypeError(f"index: expected a FlatIndex or PQIndex, got {type(index).__name__}")
+            raise UsageTypeError("index", f"expected a FlatIndex or PQIndex, got {type(index).__name__}")
         ctx = current()
         lo, hi = slice_of(index.ntotal, ctx.rank, ctx.world_size)
         if isinstance(index, PQIndex):
@@ -205,9 +206,9 @@ class ShardedIndex:
     def _check_local(self, queries: Any, k: Any, positives: Any, cutoff: Any, backend: Optional[str]):
         if isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim == 2 and queries.shape[0] == 0:
             if queries.dtype not in (np.float32, torch.float32):
-                raise TypeError(f"queries: expected dtype float32, got {queries.dtype}")
+                raise UsageTypeError("queries", f"expected dtype float32, got {queries.dtype}")
             if queries.shape[1] != self.dim:
-                raise ValueError(f"queries: expected dimension {self.dim} (the index's), got shape "
+                raise UsageError("queries", f"expected dimension {self.dim} (the index's), got shape "
                                  f"{tuple(queries.shape)}")
             q = as_tensor(queries).detach()
         else:
@@ -251,7 +252,7 @@ class ShardedIndex:
         self._raise_if_failed(meta[:, 4], error, "argument checking")
         for j, name in ((2, "k"), (3, "cutoff")):
             if not bool((meta[:, j] == meta[0, j]).all()):
-                raise ValueError(f"{name}: must be the same on every rank, got {meta[:, j].tolist()}")
+                raise UsageError(name, f"must be the same on every rank, got {meta[:, j].tolist()}")
         Bs, nnzs = meta[:, 0].tolist(), meta[:, 1].tolist()
         Bmax, nnzmax, B_all, nnz_all = max(Bs), max(nnzs), sum(Bs), sum(nnzs)
         lap("meta", 40 * (W - 1))
@@ -304,7 +305,7 @@ class ShardedIndex:
             raise RuntimeError("search: scoring the positives failed on another rank (see the error raised there)")
         pos_scores_all = bits[:-1].view(torch.float32)
         if not bool(torch.isfinite(pos_scores_all).all()):
-            raise ValueError("queries/index: inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
+            raise UsageError("queries/index", "inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
         lap("pos_scores", 2 * (nnz_all + 1) * 4 * (W - 1) / W)
 
         # 4. The local search over every rank's queries, with the given scores.

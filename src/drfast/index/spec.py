@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from drfast.common.errors import UsageError
 from drfast.index.flat import FlatIndex
 from drfast.index.pq import PQIndex
 
@@ -14,7 +15,7 @@ def parse_index_spec(spec: str) -> tuple[str, int]:
     kind, _, m = spec.partition(":")
     if kind in ("pq", "opq") and m.isdigit() and int(m) > 0:
         return kind, int(m)
-    raise ValueError(f"index: expected 'flat', 'pq:M' or 'opq:M' (M sub-vectors, a divisor of the dimension), got {spec!r}")
+    raise UsageError("index", f"expected 'flat', 'pq:M' or 'opq:M' (M sub-vectors, a divisor of the dimension), got {spec!r}")
 
 
 def build_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0, first_pass: Any = None):

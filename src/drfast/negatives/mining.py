@@ -31,6 +31,7 @@ import numpy as np
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.doc_ids import DocIdMap
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.data import TrainingExample, write_training_examples
 from drfast.data.parsing import PathLike
 
@@ -61,7 +62,7 @@ class MiningConfig:
         for name, low in (("depth", 1), ("skip", 0), ("n", 1), ("seed", 0)):
             check_int(getattr(self, name), name, low)
         if self.skip >= self.depth:
-            raise ValueError(f"skip: must be smaller than depth ({self.depth}), got {self.skip}")
+            raise UsageError("skip", f"must be smaller than depth ({self.depth}), got {self.skip}")
         check_choice(self.sampling, "sampling", SAMPLING)
         for name in ("margin_abs", "margin_rel"):
             if getattr(self, name) is not None:
@@ -153,14 +154,14 @@ def _check_config(config: Any) -> MiningConfig:
     if config is None:
         return MiningConfig()
     if not isinstance(config, MiningConfig):
-        raise TypeError(f"config: expected a MiningConfig, got {type(config).__name__}")
+        raise UsageTypeError("config", f"expected a MiningConfig, got {type(config).__name__}")
     return config
 
 
 def _check_qids(qids: Sequence[str]) -> list[str]:
     qids = [str(q) for q in qids]
     if len(set(qids)) != len(qids):
-        raise ValueError("qids: query ids must be unique")
+        raise UsageError("qids", "query ids must be unique")
     return qids
 
 
@@ -183,14 +184,14 @@ def mine_from_index(index: Any, query_embeddings: Any, qids: Sequence[str],
         query_embeddings = query_embeddings.detach().cpu().numpy()
     emb = np.ascontiguousarray(query_embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(qids):
-        raise ValueError(f"query_embeddings: expected shape [{len(qids)}, d] (one row per qid), got {list(emb.shape)}")
+        raise UsageError("query_embeddings", f"expected shape [{len(qids)}, d] (one row per qid), got {list(emb.shape)}")
     if len(positives_rows) != len(qids):
-        raise ValueError(f"positives_rows: expected one list per qid ({len(qids)}), got {len(positives_rows)}")
+        raise UsageError("positives_rows", f"expected one list per qid ({len(qids)}), got {len(positives_rows)}")
     check_int(batch_size, "batch_size", 1)
     pos_lists = [[int(r) for r in p] for p in positives_rows]
     for p in pos_lists:
         if any(r < 0 or r >= index.ntotal for r in p):
-            raise ValueError(f"positives_rows: row ids must be in [0, {index.ntotal}), got {p}")
+            raise UsageError("positives_rows", f"row ids must be in [0, {index.ntotal}), got {p}")
 
     out = MinedNegatives(config)
     out.skipped = [q for q, p in zip(qids, pos_lists) if not p]
@@ -235,9 +236,9 @@ def mine_from_bm25(corpus_texts: Sequence[str], doc_ids: Sequence[str], queries:
     corpus_texts = list(corpus_texts)
     doc_ids = DocIdMap(doc_ids, name="doc_ids")  # unique ids, looked up without a dict of every id
     if len(doc_ids) != len(corpus_texts):
-        raise ValueError(f"doc_ids: expected one id per text ({len(corpus_texts)}), got {len(doc_ids)}")
+        raise UsageError("doc_ids", f"expected one id per text ({len(corpus_texts)}), got {len(doc_ids)}")
     if not corpus_texts:
-        raise ValueError("corpus_texts: the corpus is empty")
+        raise UsageError("corpus_texts", "the corpus is empty")
     check_int(batch_size, "batch_size", 1)
 
     pos_lists: dict[str, list[int]] = {
@@ -288,7 +289,7 @@ def score_statistics(mined: MinedNegatives) -> dict:
     "positive" and "negatives_per_query" only; queries without positives only in "skipped_no_positives".
     """
     if not isinstance(mined, MinedNegatives):
-        raise ValueError(f"mined: expected the MinedNegatives of a mine_* function, got {type(mined).__name__}")
+        raise UsageError("mined", f"expected the MinedNegatives of a mine_* function, got {type(mined).__name__}")
     pos = [mined.positive_scores[q] for q in mined]
     hardest = {q: max(s) for q, s in mined.negative_scores.items() if s}
     return {
@@ -328,18 +329,18 @@ def write_mined(path: PathLike, queries: Mapping[str, str], positives: Mapping[s
     negatives are left out (Tevatron cannot sample from an empty list). Returns the lines written.
     """
     if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or min_negatives < 0:
-        raise ValueError(f"min_negatives: expected an integer >= 0, got {min_negatives!r}")
+        raise UsageError("min_negatives", f"expected an integer >= 0, got {min_negatives!r}")
     examples = []
     for qid, rows in negatives.items():
         if len(rows) < min_negatives:
             continue
         if qid not in queries:
-            raise ValueError(f"queries: no text for query {qid!r}")
+            raise UsageError("queries", f"no text for query {qid!r}")
         if not positives.get(qid):
-            raise ValueError(f"positives: query {qid!r} has no positive")
+            raise UsageError("positives", f"query {qid!r} has no positive")
         bad = [r for r in rows if not 0 <= int(r) < len(doc_ids)]
         if bad:
-            raise ValueError(f"negatives: row {bad[0]} of query {qid!r} is out of range [0, {len(doc_ids)})")
+            raise UsageError("negatives", f"row {bad[0]} of query {qid!r} is out of range [0, {len(doc_ids)})")
         examples.append(TrainingExample(str(qid), queries[qid], [str(d) for d in positives[qid]],
                                         [str(doc_ids[int(r)]) for r in rows]))
     return write_training_examples(path, examples)

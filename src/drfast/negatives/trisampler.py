@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from drfast.common.checks import check_choice, check_float, check_int, check_optional_int
+from drfast.common.errors import UsageError
 
 __all__ = ["TriSamplerConfig", "trisampler_probabilities", "sample_negatives", "trisample"]
 
@@ -85,11 +86,11 @@ def _float_tensor(x: Any, name: str, ndim: int) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+        raise UsageError(name, f"expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+        raise UsageError(name, f"expected {ndim} dimensions, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point dtype, got {x.dtype}")
+        raise UsageError(name, f"expected a floating-point dtype, got {x.dtype}")
     return x.detach()
 
 
@@ -100,18 +101,18 @@ def _region_and_scores(q, pos, cand, cand_mask, config):
     cand = _float_tensor(cand, "cand", 3)
     B, d = q.shape
     if pos.shape != (B, d):
-        raise ValueError(f"pos: expected shape {(B, d)} (one positive per query), got {tuple(pos.shape)}")
+        raise UsageError("pos", f"expected shape {(B, d)} (one positive per query), got {tuple(pos.shape)}")
     if cand.shape[0] != B or cand.shape[2] != d:
-        raise ValueError(f"cand: expected shape [{B}, K, {d}], got {tuple(cand.shape)}")
+        raise UsageError("cand", f"expected shape [{B}, K, {d}], got {tuple(cand.shape)}")
     K = cand.shape[1]
     if isinstance(cand_mask, np.ndarray):
         cand_mask = torch.from_numpy(cand_mask)
     if not isinstance(cand_mask, torch.Tensor) or cand_mask.dtype != torch.bool:
-        raise ValueError("cand_mask: expected a bool numpy array or torch tensor")
+        raise UsageError("cand_mask", "expected a bool numpy array or torch tensor")
     if cand_mask.shape != (B, K):
-        raise ValueError(f"cand_mask: expected shape {(B, K)}, got {tuple(cand_mask.shape)}")
+        raise UsageError("cand_mask", f"expected shape {(B, K)}, got {tuple(cand_mask.shape)}")
     if not (torch.isfinite(q).all() and torch.isfinite(pos).all()):
-        raise ValueError("q/pos: embeddings must be finite")
+        raise UsageError("q/pos", "embeddings must be finite")
     dev = q.device
     # float64: acos is ill-conditioned near 0° and the boundary test is exact, so rounding matters here.
     q, pos, cand = q.double(), pos.to(dev).double(), cand.to(dev).double()
@@ -180,9 +181,9 @@ def sample_negatives(probs: Any, n: int, generator: Optional[torch.Generator] = 
     check_int(n, "n", 1)
     n = int(n)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        raise UsageError("generator", f"expected a torch.Generator or None, got {type(generator).__name__}")
     if not torch.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError("probs: must be finite and >= 0")
+        raise UsageError("probs", "must be finite and >= 0")
     B, K = probs.shape
     dev = probs.device
     out = torch.full((B, n), -1, dtype=torch.int64, device=dev)
@@ -203,7 +204,7 @@ def sample_negatives(probs: Any, n: int, generator: Optional[torch.Generator] = 
         if fallback_scores is not None:
             fb = _float_tensor(fallback_scores, "fallback_scores", 2)
             if fb.shape != (B, K):
-                raise ValueError(f"fallback_scores: expected shape {(B, K)}, got {tuple(fb.shape)}")
+                raise UsageError("fallback_scores", f"expected shape {(B, K)}, got {tuple(fb.shape)}")
             fb = fb[small.to(fb.device)].to(dev).double()
             # Taken and NaN positions -> -inf (nan_to_num would also turn -inf into a finite value).
             fb = torch.where((p > 0) | fb.isnan(), torch.full_like(fb, float("-inf")), fb)
@@ -221,12 +222,12 @@ def _positive_lists(positives_rows: Any, B: int) -> list:
     if isinstance(positives_rows, (np.ndarray, torch.Tensor)):
         positives_rows = positives_rows.tolist()
     if not isinstance(positives_rows, Sequence) or len(positives_rows) != B:
-        raise ValueError(f"positives_rows: expected {B} entries (one per query)")
+        raise UsageError("positives_rows", f"expected {B} entries (one per query)")
     lists = []
     for b, p in enumerate(positives_rows):
         p = [p] if isinstance(p, (int, np.integer)) and not isinstance(p, bool) else list(p)
         if not p:
-            raise ValueError(f"positives_rows: query {b} has no positive")
+            raise UsageError("positives_rows", f"query {b} has no positive")
         lists.append([int(x) for x in p])
     return lists
 

@@ -14,6 +14,7 @@ import torch
 from drfast.common.atomic import write_json_atomic
 from drfast.common.checks import check_int
 from drfast.common.distributed import init_distributed
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.data import load_beir
 from drfast.encode.encoders import BiEncoder, save_encoder
 from drfast.eval.overlap import NegativeOverlapHook
@@ -80,11 +81,11 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
     config = config or AdoreConfig()
     config.check()
     if shard_index is not None and not isinstance(shard_index, bool):
-        raise TypeError(f"shard_index: expected a bool or None, got {type(shard_index).__name__}")
+        raise UsageTypeError("shard_index", f"expected a bool or None, got {type(shard_index).__name__}")
     check_int(eval_every, "eval_every", 0)
     check_int(overlap_every, "overlap_every", 0)
     if static_negatives is not None and not overlap_every:
-        raise ValueError("static_negatives: only used by the overlap diagnostic; set overlap_every > 0")
+        raise UsageError("static_negatives", "only used by the overlap diagnostic; set overlap_every > 0")
     output = check_output_dir(output)
     check_run_dir(output / "run", config, resume=resume, overwrite=overwrite, name="output")
     if index_dir is not None:  # a saved index: no corpus text, no corpus encoding
@@ -94,7 +95,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
                                         eval_split=eval_split)
         config.check_index_kind(meta["kind"])
         if config.k > meta["ntotal"]:
-            raise ValueError(f"k: {config.k} candidates asked but the index has only {meta['ntotal']} rows")
+            raise UsageError("k", f"{config.k} candidates asked but the index has only {meta['ntotal']} rows")
         spec = meta["kind"] if meta["kind"] == "flat" else f"{'opq' if meta.get('opq') else 'pq'}:{meta['m']}"
         plan = plan_adore_run(docs=meta["ntotal"], dim=meta["dim"], index=spec, model=query_model or model,
                               first_pass=(meta.get("first_pass") or {}).get("kind"), config=config, device=device,
@@ -119,7 +120,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         for name, spec in specs:
             check_index_spec(spec, dim, len(train.corpus), name)
         if config.k > len(train.corpus):
-            raise ValueError(f"k: {config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
+            raise UsageError("k", f"{config.k} candidates asked but the corpus has only {len(train.corpus)} documents")
         plan = plan_adore_run(docs=len(train.corpus), dim=dim, index=index_spec, first_pass=first_pass,
                               model=query_model or model, config=config, device=device, gpu_memory=gpu_memory,
                               dtype=dtype, query_max_length=(encoder_options or {}).get("query_max_length"),
@@ -142,7 +143,7 @@ def run_adore(data_dir: str | os.PathLike, model: str, output: str | os.PathLike
         if plan is None or plan.placement["index"] == "gpu":  # else mixed: the index stays on the host (CPU search)
             index = index.to(query_encoder.device)
     elif device not in ("auto", "cpu"):
-        raise ValueError(f"device: {device!r} asked for but torch sees no CUDA device")
+        raise UsageError("device", f"{device!r} asked for but torch sees no CUDA device")
     sharded = ctx.distributed and (shard_index if shard_index is not None else plan is not None and not plan.fits)
     if sharded:  # each rank keeps its contiguous row range; search and gather become collective
         index = ShardedIndex.from_full(index)

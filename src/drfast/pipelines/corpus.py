@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from drfast.common.distributed import DistContext
+from drfast.common.errors import UsageError
 from drfast.common.timing import timed
 from drfast.data import Corpus, load_beir
 from drfast.encode.corpus_cache import DEFAULT_CACHE, encode_corpus
@@ -82,7 +83,7 @@ def split_and_index(data_dir: PathLike, model: Optional[str], query_model: Optio
                 index = ShardedIndex.from_full(index)
         return SplitIndex(data, index, query_encoder)
     if model is None:
-        raise ValueError("model: required (the document encoder) unless a saved index is given (index_dir)")
+        raise UsageError("model", "required (the document encoder) unless a saved index is given (index_dir)")
     check_beir(data_dir, split=split)
     dim = check_model(model, query_model, **options)
     check_index_spec(index_spec, dim)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from drfast.common.checks import check_optional_int
+from drfast.common.errors import UsageError
 from drfast.data import beir_splits
 from drfast.encode.encoders import read_st_config, resolve_model
 from drfast.index.format import read_meta
@@ -65,7 +66,7 @@ def model_config(model: PathLike, name: str = "model"):
         sub = {"subfolder": st.transformer_subfolder} if st and st.transformer_subfolder else {}
         return AutoConfig.from_pretrained(source, **sub)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{name}: cannot read the model config of {source} ({e})") from None
+        raise UsageError(name, f"cannot read the model config of {source} ({e})") from None
 
 
 def check_model(model: PathLike, query_model: Optional[PathLike] = None, *, pooling: Optional[str] = None,
@@ -77,12 +78,12 @@ def check_model(model: PathLike, query_model: Optional[PathLike] = None, *, pool
     doc = model_config(model)
     query = doc if query_model is None else model_config(query_model, "query_model")
     if doc.hidden_size != query.hidden_size:
-        raise ValueError(f"query_model: dimension {query.hidden_size} differs from the model's {doc.hidden_size}")
+        raise UsageError("query_model", f"dimension {query.hidden_size} differs from the model's {doc.hidden_size}")
     for name, value, config in (("query_max_length", query_max_length, query),
                                 ("doc_max_length", doc_max_length, doc)):
         limit = getattr(config, "max_position_embeddings", None) or 512
         if check_optional_int(value, name, 1) is not None and value > limit:
-            raise ValueError(f"{name}: {value} exceeds the model's max_position_embeddings ({limit})")
+            raise UsageError(name, f"{value} exceeds the model's max_position_embeddings ({limit})")
     return int(doc.hidden_size)
 
 
@@ -92,13 +93,13 @@ def check_index_spec(spec: str, dim: int, n_docs: Optional[int] = None, name: st
     try:
         kind, m = parse_index_spec(spec)
     except ValueError as e:
-        raise ValueError(f"{name}: {str(e).partition(': ')[2]}") from None
+        raise UsageError(name, f"{str(e).partition(': ')[2]}") from None
     if kind == "flat":
         return
     if dim % m:
-        raise ValueError(f"{name}: {spec!r}: M={m} must divide the model's dimension {dim}")
+        raise UsageError(name, f"{spec!r}: M={m} must divide the model's dimension {dim}")
     if n_docs is not None and n_docs < KSUB:
-        raise ValueError(f"{name}: {spec!r}: PQ training needs at least {KSUB} documents (one per centroid), the "
+        raise UsageError(name, f"{spec!r}: PQ training needs at least {KSUB} documents (one per centroid), the "
                          f"corpus has {n_docs}")
 
 
@@ -110,13 +111,13 @@ def check_index_dir(index_dir: PathLike, dim: int, *, index_spec: str = "flat", 
     for arg, value, default in (("index_spec", index_spec, "flat"), ("first_pass", first_pass, None),
                                 ("also_evaluate_on", tuple(also_evaluate_on), ())):
         if value != default:
-            raise ValueError(f"index_dir: a saved index is searched as it was saved; {arg}={value!r} cannot be "
+            raise UsageError("index_dir", f"a saved index is searched as it was saved; {arg}={value!r} cannot be "
                              "combined with it")
     try:
         meta = read_meta(index_dir)
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"index_dir: {str(e).partition('path: ')[2] or e}") from None
     if meta["dim"] != dim:
-        raise ValueError(f"index_dir: {index_dir} holds {meta['dim']}-dimensional rows; the query encoder's "
+        raise UsageError("index_dir", f"{index_dir} holds {meta['dim']}-dimensional rows; the query encoder's "
                          f"dimension is {dim}")
     return meta

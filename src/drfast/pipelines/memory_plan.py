@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.common.sizes import format_bytes, parse_count, parse_size
 from drfast.index.spec import parse_index_spec
 from drfast.search.runtime import get_num_threads
@@ -111,16 +112,16 @@ def model_shape(model: Optional[str] = None, model_params: Any = None) -> ModelS
     or KNOWN_CONFIGS) or from `model_params` ("125M", 110e6): then the layers of the known model nearest
     in size are assumed (for the activation estimate)."""
     if (model is None) == (model_params is None):
-        raise ValueError("model: give the model or its parameter count (model_params), one of the two")
+        raise UsageError("model", "give the model or its parameter count (model_params), one of the two")
     if model_params is not None:
         params = parse_count(model_params, "model_params")
         if params < 1:
-            raise ValueError(f"model_params: must be >= 1, got {model_params!r}")
+            raise UsageError("model_params", f"must be >= 1, got {model_params!r}")
         name, config = min(KNOWN_CONFIGS.items(), key=lambda kv: abs(count_params(kv[1]) - params))
         return ModelShape(params, config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
                           config["intermediate_size"], f"{params:,} parameters given; layers as {name}")
     if not isinstance(model, str) or not model.strip():
-        raise TypeError(f"model: expected a local folder or a hub name, got {model!r}")
+        raise UsageTypeError("model", f"expected a local folder or a hub name, got {model!r}")
     from drfast.encode.encoders import read_st_config, resolve_model
 
     path = resolve_model(model)
@@ -132,7 +133,7 @@ def model_shape(model: Optional[str] = None, model_params: Any = None) -> ModelS
             with open(config_file, encoding="utf-8") as f:
                 return _shape(json.load(f), config_file)
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"model: {config_file} does not give hidden_size, num_hidden_layers, intermediate_size "
+            raise UsageError("model", f"{config_file} does not give hidden_size, num_hidden_layers, intermediate_size "
                              f"and vocab_size ({e}); pass model_params instead") from e
     key = model.strip().lower()
     key = ALIASES.get(key, key)
@@ -143,7 +144,7 @@ def model_shape(model: Optional[str] = None, model_params: Any = None) -> ModelS
 
         return _shape(AutoConfig.from_pretrained(model, local_files_only=True).to_dict(), f"cached config of {model}")
     except Exception as e:  # not cached, or not a BERT-like config
-        raise ValueError(f"model: {model!r} is not a local folder, not a cached hub model and not one of "
+        raise UsageError("model", f"{model!r} is not a local folder, not a cached hub model and not one of "
                          f"{', '.join(sorted(KNOWN_CONFIGS))}; pass its parameter count (model_params, "
                          f"e.g. 125M)") from e
 
@@ -210,7 +211,7 @@ def detect_host_memory() -> int:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
         return info.get("MemAvailable", info["MemTotal"])
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError("host_memory: cannot read this machine's memory (no psutil, no /proc/meminfo); "
+        raise UsageError("host_memory", "cannot read this machine's memory (no psutil, no /proc/meminfo); "
                          "give it explicitly") from e
 
 
@@ -314,7 +315,7 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
     batch_size, k = check_int(batch_size, "batch_size", 1), check_int(k, "k", 1)
     seq = check_int(32 if query_max_length is None else query_max_length, "query_max_length", 1)
     if k > docs:
-        raise ValueError(f"k: {k} candidates asked but the corpus has only {docs} documents")
+        raise UsageError("k", f"{k} candidates asked but the corpus has only {docs} documents")
     check_choice(dtype, "dtype", tuple(DTYPES))
     check_choice(amp, "amp", AMP)
     check_bool(train_centroids, "train_centroids")
@@ -325,17 +326,17 @@ def plan_memory(*, docs: int, dim: int, index: str = "flat", first_pass: Optiona
     threads = check_int(get_num_threads() if threads is None else threads, "threads", 1)
     kind, m = parse_index_spec(index)
     if kind != "flat" and dim % m:
-        raise ValueError(f"index: {index} needs M dividing the dimension {dim}")
+        raise UsageError("index", f"{index} needs M dividing the dimension {dim}")
     fp = parse_first_pass(first_pass)
     first_pass_refine = first_pass_refine and first_pass_refines(first_pass)  # False for "int8-lean"
     if fp is not None and kind != "flat":
-        raise ValueError(f"first_pass: the two-stage search is for a flat index, not {index}")
+        raise UsageError("first_pass", f"the two-stage search is for a flat index, not {index}")
     if train_centroids and kind == "flat":
-        raise ValueError("train_centroids: trains the centroids of a PQ index (pq:M or opq:M); a flat index has none")
+        raise UsageError("train_centroids", "trains the centroids of a PQ index (pq:M or opq:M); a flat index has none")
     gpu = detect_gpu_memory() if gpu_memory is None else parse_size(gpu_memory, "gpu_memory")
     host = detect_host_memory() if host_memory is None else parse_size(host_memory, "host_memory")
     if host <= 0:
-        raise ValueError(f"host_memory: must be > 0, got {host_memory!r}")
+        raise UsageError("host_memory", f"must be > 0, got {host_memory!r}")
     shape = model_shape(model, model_params)
     inputs = {"docs": docs, "dim": dim, "index": index, "first_pass": fp, "model": model, "params": shape.params,
               "hidden": shape.hidden, "layers": shape.layers, "heads": shape.heads, "intermediate": shape.intermediate,

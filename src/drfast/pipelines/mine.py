@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from drfast.common.errors import UsageError
 from drfast.index.flat import FlatIndex
 from drfast.negatives.mining import MiningConfig, _check_config, mine_from_bm25, mine_from_index
 from drfast.negatives.trisampler import trisample
@@ -22,7 +23,7 @@ def mine_split(data: Any, encoders: Any, *, source: str = "model", config: Optio
         return mine_from_bm25(data.corpus.texts(range(len(data.corpus))), data.corpus.doc_ids,  # no list of N ids
                               {q: data.queries[q] for q in qids}, data.positives, config)
     if source not in ("model", "bm25"):
-        raise ValueError(f"source: expected 'model' or 'bm25', got {source!r}")
+        raise UsageError("source", f"expected 'model' or 'bm25', got {source!r}")
     emb, doc_ids = corpus_embeddings(data.corpus, encoders, cache_dir=cache_dir, dtype=dtype,
                                      encode_batch_size=encode_batch_size)
     index = FlatIndex(emb, doc_ids, first_pass=first_pass)

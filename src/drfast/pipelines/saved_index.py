@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from drfast.common.errors import UsageError
 from drfast.data import load_beir
 from drfast.encode.encoders import Encoder
 from drfast.index.load import load_index
@@ -21,7 +22,7 @@ PathLike = str | os.PathLike
 def query_source(model: Optional[str], query_model: Optional[str]) -> str:
     """The query encoder against a saved index: `query_model`, else `model` (one is required)."""
     if query_model is None and model is None:
-        raise ValueError("model: required (with a saved index, the query encoder: --query-model or --model)")
+        raise UsageError("model", "required (with a saved index, the query encoder: --query-model or --model)")
     return query_model if query_model is not None else model
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from drfast import _C
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.search.validate import (check_chunk_rows, check_codes, check_cutoff, check_given_scores, check_k,
                                     check_positives, check_queries)
 from drfast.search.result import SearchResult
@@ -34,13 +35,13 @@ def choose_backend(backend: str | None, on_cuda: bool) -> str:
         # The torch path stays the GPU default until the CUDA kernel is validated on hardware.
         return "cuda" if os.environ.get("DRFAST_CUDA_KERNEL") == "1" else "torch"
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+        raise UsageError("backend", f"expected one of {BACKENDS} or None, got {backend!r}")
     if backend == "native" and on_cuda:
-        raise ValueError("backend: 'native' runs on the CPU but the index is on a CUDA device; use 'cuda' or 'torch'")
+        raise UsageError("backend", "'native' runs on the CPU but the index is on a CUDA device; use 'cuda' or 'torch'")
     if backend == "cuda" and not on_cuda:
-        raise ValueError("backend: 'cuda' needs the index on a CUDA device (index.to('cuda'))")
+        raise UsageError("backend", "'cuda' needs the index on a CUDA device (index.to('cuda'))")
     if backend == "cuda" and not _C.built_with_cuda:
-        raise ValueError("backend: 'cuda' is not available: drfast was built without CUDA (DRFAST_CUDA=OFF or no toolkit)")
+        raise UsageError("backend", "'cuda' is not available: drfast was built without CUDA (DRFAST_CUDA=OFF or no toolkit)")
     return backend
 
 
@@ -51,7 +52,7 @@ def _finite(x: Any) -> bool:
 def _check_overflow(result: SearchResult, kept: int) -> None:
     # NaN here also catches any output the kernel failed to write (outputs are poisoned with NaN).
     if not (_finite(result.scores[:, :kept]) and _finite(result.pos_scores)):
-        raise ValueError("queries/index: inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
+        raise UsageError("queries/index", "inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
 
 
 def _prepare(queries: Any, dim: int, N: int, k: Any, positives: Any, cutoff: Any, backend: str | None,
@@ -180,9 +181,9 @@ def pq_search(queries: Any, index: Any, k: Any, positives: Any = None, cutoff: A
 def check_luts(luts: Any, m: int) -> torch.Tensor:
     """Given lookup tables: a float32 torch tensor [B, m, 256] with B == the queries' (finiteness: _pq_backend)."""
     if not isinstance(luts, torch.Tensor) or luts.dtype != torch.float32:
-        raise TypeError(f"luts: expected a float32 torch tensor [B, {m}, 256], got {type(luts).__name__}")
+        raise UsageTypeError("luts", f"expected a float32 torch tensor [B, {m}, 256], got {type(luts).__name__}")
     if luts.ndim != 3 or luts.shape[1] != m or luts.shape[2] != 256:
-        raise ValueError(f"luts: expected shape [B, {m}, 256], got {tuple(luts.shape)}")
+        raise UsageError("luts", f"expected shape [B, {m}, 256], got {tuple(luts.shape)}")
     return luts.contiguous()
 
 
@@ -193,11 +194,11 @@ def _pq_backend(queries, index, codes, k, offsets, ids, cutoff, backend, chunk_r
     if luts is None:
         luts = index.lookup_tables(as_tensor(queries).to(device))
     elif luts.shape[0] != B:
-        raise ValueError(f"luts: expected {B} tables (one per query), got {luts.shape[0]}")
+        raise UsageError("luts", f"expected {B} tables (one per query), got {luts.shape[0]}")
     else:
         luts = luts.to(device)
     if not _finite(luts):  # else rows behind a NaN table entry silently drop out of the top-k and the ranks
-        raise ValueError("index.centroids: the lookup tables <query, centroid> are NaN or Inf "
+        raise UsageError("index.centroids", "the lookup tables <query, centroid> are NaN or Inf "
                          "(the centroids contain NaN or Inf, or the products overflow float32)")
     if backend == "native":
         luts_np, codes_np = _numpy(luts), _numpy(codes)

@@ -12,6 +12,7 @@ import numpy as np
 
 from drfast.common.checks import check_choice
 from drfast.common.csr import check_offsets, row_of_each
+from drfast.common.errors import UsageError
 
 
 DEFAULT_CUTOFFS = {"MRR": (10, 100), "nDCG": (10,), "R": (100,)}
@@ -36,19 +37,19 @@ def metrics_from_ranks(pos_offsets: Any, pos_ranks: Any, pos_gains: Any = None, 
     gains = np.ones(len(ranks), np.int64) if pos_gains is None else _numpy(pos_gains)
     for name, arr in (("pos_offsets", offsets), ("pos_ranks", ranks), ("pos_gains", gains)):
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name}: expected a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+            raise UsageError(name, f"expected a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
     nnz = len(ranks)
     check_offsets(offsets, nnz, "pos_offsets")
     if len(gains) != nnz:
-        raise ValueError(f"pos_gains: length {len(gains)} != len(pos_ranks) {nnz}")
+        raise UsageError("pos_gains", f"length {len(gains)} != len(pos_ranks) {nnz}")
     if nnz and ranks.min() < 1:
-        raise ValueError("pos_ranks: ranks are 1-based")
+        raise UsageError("pos_ranks", "ranks are 1-based")
     if nnz and gains.min() < 1:
-        raise ValueError("pos_gains: positives have relevance > 0 (leave judged non-relevant docs out)")
+        raise UsageError("pos_gains", "positives have relevance > 0 (leave judged non-relevant docs out)")
     cutoffs = DEFAULT_CUTOFFS if cutoffs is None else cutoffs
     unknown = set(cutoffs) - {"MRR", "nDCG", "R", "P"}
     if unknown:
-        raise ValueError(f"cutoffs: unknown measures {sorted(unknown)}; use MRR, nDCG, R, P")
+        raise UsageError("cutoffs", f"unknown measures {sorted(unknown)}; use MRR, nDCG, R, P")
 
     B = len(offsets) - 1
     counts = np.diff(offsets)
@@ -73,7 +74,7 @@ def metrics_from_ranks(pos_offsets: Any, pos_ranks: Any, pos_gains: Any = None, 
     for kind, ks in cutoffs.items():
         for k in ks:
             if int(k) < 1:
-                raise ValueError(f"cutoffs: {kind} cutoff must be >= 1, got {k}")
+                raise UsageError("cutoffs", f"{kind} cutoff must be >= 1, got {k}")
             k = int(k)
             if kind == "MRR":
                 v = np.where(best <= k, 1.0 / best, 0.0)

@@ -15,6 +15,7 @@ import torch
 
 from drfast import _C
 from drfast.common.checks import check_choice, check_int
+from drfast.common.errors import UsageError
 
 SIMD_LEVELS = ("avx512", "avx2", "generic")
 
@@ -37,7 +38,7 @@ def set_simd_level(level: str) -> None:
     """Run the CPU kernels with `level` (one of supported_simd_levels())."""
     check_choice(level, "level", SIMD_LEVELS)
     if level not in supported_simd_levels():
-        raise ValueError(f"level: this CPU cannot run {level!r}; it supports {', '.join(supported_simd_levels())}")
+        raise UsageError("level", f"this CPU cannot run {level!r}; it supports {', '.join(supported_simd_levels())}")
     _C.set_simd_level(level)
 
 
@@ -96,7 +97,7 @@ def _apply_environment() -> None:
         try:
             set_simd_level(level)
         except ValueError as e:
-            raise ValueError(f"DRFAST_SIMD: {e}") from None
+            raise UsageError("DRFAST_SIMD", f"{e}") from None
 
 
 _apply_environment()

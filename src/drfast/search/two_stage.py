@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from drfast import _C
+from drfast.common.errors import UsageError
 from drfast.search import dispatch as D
 from drfast.search.first_pass_build import build_rows
 from drfast.search.runtime import fork_safe
@@ -111,7 +112,7 @@ def parse_first_pass(spec: Any) -> Optional[str]:
     if spec is None:
         return None
     if not isinstance(spec, str) or spec.strip().lower() not in CHOICES:
-        raise ValueError(f"first_pass: expected one of {CHOICES} or None, got {spec!r}")
+        raise UsageError("first_pass", f"expected one of {CHOICES} or None, got {spec!r}")
     spec = spec.strip().lower()
     if spec == "none":
         return None
@@ -217,7 +218,7 @@ class FirstPassData:
         if self.refine:
             want += [(N, dp), (4, N), (N,)]
         if self.dim != d or [tuple(s) for s in shapes] != want:
-            raise ValueError(f"first_pass: a {self.kind} copy with arrays of shapes {shapes} (dim {self.dim}) does "
+            raise UsageError("first_pass", f"a {self.kind} copy with arrays of shapes {shapes} (dim {self.dim}) does "
                              f"not belong to {N} rows of dimension {d}")
 
     @classmethod
@@ -248,10 +249,10 @@ def build_first_pass(emb: Any, kind: str, refine: bool = True, chunk_rows: int =
     e.g. numpy.lib.format.open_memmap files, to build a copy larger than memory), named as in
     FirstPassData.arrays(); it must return zeros (the code rows' padding is never written)."""
     if kind not in KINDS:
-        raise ValueError(f"first_pass: expected one of {KINDS}, got {kind!r}")
+        raise UsageError("first_pass", f"expected one of {KINDS}, got {kind!r}")
     N, d = emb.shape
     if kind == "int8" and d > MAX_INT8_DIM:
-        raise ValueError(f"first_pass: int8 supports d <= {MAX_INT8_DIM} (exact int32 sums), got d = {d}; use 'bf16'")
+        raise UsageError("first_pass", f"int8 supports d <= {MAX_INT8_DIM} (exact int32 sums), got d = {d}; use 'bf16'")
     refine = refine and kind == "int8"
     dp = padded_dim(d, kind)
     g = gamma(d + 8)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from drfast.common.checks import as_int64_vector, check_int, describe
+from drfast.common.errors import UsageError, UsageTypeError
 
 # k may exceed N (the extra columns are padding: ids -1, scores -inf), by at most this much: a larger
 # k is almost certainly a mistake (k=10**9 on 300 rows would allocate 15 GB of padding).
@@ -25,18 +26,18 @@ def check_embeddings(emb: Any, name: str = "emb") -> Any:
     elif isinstance(emb, np.ndarray):
         ok_dtypes = (np.float32, np.float16)
     else:
-        raise TypeError(f"{name}: expected a numpy array or torch tensor of shape [N, d], got {describe(emb)}")
+        raise UsageTypeError(name, f"expected a numpy array or torch tensor of shape [N, d], got {describe(emb)}")
     if emb.dtype not in ok_dtypes:
-        raise TypeError(f"{name}: expected dtype float32 or float16, got {emb.dtype} (convert with .astype(np.float32))")
+        raise UsageTypeError(name, f"expected dtype float32 or float16, got {emb.dtype} (convert with .astype(np.float32))")
     if emb.ndim != 2:
-        raise ValueError(f"{name}: expected shape [N, d], got {tuple(emb.shape)}")
+        raise UsageError(name, f"expected shape [N, d], got {tuple(emb.shape)}")
     if emb.shape[0] == 0:
-        raise ValueError(f"{name}: the index needs at least one row (N = 0)")
+        raise UsageError(name, "the index needs at least one row (N = 0)")
     if emb.shape[1] == 0:
-        raise ValueError(f"{name}: the embedding dimension d must be >= 1")
+        raise UsageError(name, "the embedding dimension d must be >= 1")
     finite = torch.isfinite(emb).all().item() if isinstance(emb, torch.Tensor) else _all_finite(emb)
     if not finite:
-        raise ValueError(f"{name}: contains NaN or Inf")
+        raise UsageError(name, "contains NaN or Inf")
     return emb.contiguous() if isinstance(emb, torch.Tensor) else np.ascontiguousarray(emb)
 
 
@@ -49,23 +50,23 @@ def check_queries(queries: Any, dim: int) -> Any:
     if isinstance(queries, torch.Tensor):
         queries = queries.detach()
         if queries.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"queries: expected a tensor on the CPU or a CUDA device, got device {queries.device}")
+            raise UsageError("queries", f"expected a tensor on the CPU or a CUDA device, got device {queries.device}")
         if queries.dtype != torch.float32:
-            raise TypeError(f"queries: expected dtype float32, got {queries.dtype} (use queries.float())")
+            raise UsageTypeError("queries", f"expected dtype float32, got {queries.dtype} (use queries.float())")
     elif isinstance(queries, np.ndarray):
         if queries.dtype != np.float32:
-            raise TypeError(f"queries: expected dtype float32, got {queries.dtype} (use .astype(np.float32))")
+            raise UsageTypeError("queries", f"expected dtype float32, got {queries.dtype} (use .astype(np.float32))")
     else:
-        raise TypeError(f"queries: expected a numpy array or torch tensor of shape [B, {dim}], got {describe(queries)}")
+        raise UsageTypeError("queries", f"expected a numpy array or torch tensor of shape [B, {dim}], got {describe(queries)}")
     if queries.ndim != 2:
-        raise ValueError(f"queries: expected shape [B, {dim}], got {tuple(queries.shape)}")
+        raise UsageError("queries", f"expected shape [B, {dim}], got {tuple(queries.shape)}")
     if queries.shape[0] == 0:
-        raise ValueError("queries: the batch is empty (B = 0)")
+        raise UsageError("queries", "the batch is empty (B = 0)")
     if queries.shape[1] != dim:
-        raise ValueError(f"queries: expected dimension {dim} (the index's), got shape {tuple(queries.shape)}")
+        raise UsageError("queries", f"expected dimension {dim} (the index's), got shape {tuple(queries.shape)}")
     finite = torch.isfinite(queries).all().item() if isinstance(queries, torch.Tensor) else np.isfinite(queries).all()
     if not finite:
-        raise ValueError("queries: contains NaN or Inf")
+        raise UsageError("queries", "contains NaN or Inf")
     return queries
 
 
@@ -73,7 +74,7 @@ def check_k(k: Any, N: int) -> int:
     """1 <= k <= N + MAX_K_PADDING, checked before anything is allocated."""
     k = check_int(k, "k", 1)
     if k > N + MAX_K_PADDING:
-        raise ValueError(f"k: must be <= N + {MAX_K_PADDING} = {N + MAX_K_PADDING} (the index has N = {N} rows; "
+        raise UsageError("k", f"must be <= N + {MAX_K_PADDING} = {N + MAX_K_PADDING} (the index has N = {N} rows; "
                          f"columns past N are only padding), got {k}")
     return k
 
@@ -89,18 +90,18 @@ def check_chunk_rows(chunk_rows: Any, backend: str) -> int | None:
     if chunk_rows is None:
         return None
     if backend != "torch":
-        raise ValueError(f"chunk_rows: only the torch backend scans in chunks, got backend {backend!r}")
+        raise UsageError("chunk_rows", f"only the torch backend scans in chunks, got backend {backend!r}")
     return check_int(chunk_rows, "chunk_rows", 1)
 
 
 def check_codes(codes: Any, m: int) -> Any:
     """A PQ index's codes: [N >= 1, m] uint8, numpy or torch (they may have been replaced since the index was built)."""
     if not isinstance(codes, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"index.codes: expected a uint8 numpy array or torch tensor [N, {m}], got {describe(codes)}")
+        raise UsageTypeError("index.codes", f"expected a uint8 numpy array or torch tensor [N, {m}], got {describe(codes)}")
     if codes.dtype not in (np.uint8, torch.uint8):
-        raise TypeError(f"index.codes: expected dtype uint8 (8-bit codes 0..255), got {codes.dtype}")
+        raise UsageTypeError("index.codes", f"expected dtype uint8 (8-bit codes 0..255), got {codes.dtype}")
     if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] != m:
-        raise ValueError(f"index.codes: expected shape [N >= 1, m={m}] (m from index.centroids), got {tuple(codes.shape)}")
+        raise UsageError("index.codes", f"expected shape [N >= 1, m={m}] (m from index.centroids), got {tuple(codes.shape)}")
     return codes
 
 
@@ -110,7 +111,7 @@ def _row_ids(x: Any, name: str) -> np.ndarray:
     except ValueError as e:  # numpy's own message for ragged input does not name the argument
         if str(e).startswith(f"{name}:"):
             raise
-        raise ValueError(f"{name}: expected a 1-D sequence of integer row ids ({e})") from None
+        raise UsageError(name, f"expected a 1-D sequence of integer row ids ({e})") from None
 
 
 def check_positives(positives: Any, B: int, N: int, in_range: bool = True) -> Tuple[np.ndarray, np.ndarray]:
@@ -142,24 +143,24 @@ def check_positives(positives: Any, B: int, N: int, in_range: bool = True) -> Tu
                 f"(= {ids.shape[0]}), got {offsets.tolist() if B < 20 else '...'}")
     elif isinstance(positives, Sequence) and not isinstance(positives, (str, bytes)):
         if len(positives) != B:
-            raise ValueError(f"positives: expected one list per query (B = {B}), got {len(positives)}")
+            raise UsageError("positives", f"expected one list per query (B = {B}), got {len(positives)}")
         lists = [_row_ids(p, f"positives[{i}]") for i, p in enumerate(positives)]
         offsets = np.zeros(B + 1, np.int64)
         np.cumsum([len(p) for p in lists], out=offsets[1:])
         ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)
     else:
-        raise TypeError("positives: expected a list of lists of row ids or a CSR pair (offsets, ids) of two arrays, "
+        raise UsageTypeError("positives", "expected a list of lists of row ids or a CSR pair (offsets, ids) of two arrays, "
                         f"got {describe(positives)}")
     if ids.size:
         bad = ((ids < 0) | (ids >= N)) if in_range else np.zeros(ids.shape, bool)
         if bad.any():
-            raise ValueError(f"positives: row id {ids[bad][0]} is out of range [0, {N})")
+            raise UsageError("positives", f"row id {ids[bad][0]} is out of range [0, {N})")
         query = np.repeat(np.arange(B), np.diff(offsets))
         order = np.lexsort((ids, query))
         dup = (query[order][1:] == query[order][:-1]) & (ids[order][1:] == ids[order][:-1])
         if dup.any():
             j = order[1:][dup][0]
-            raise ValueError(f"positives: row {ids[j]} is listed twice for query {query[j]}")
+            raise UsageError("positives", f"row {ids[j]} is listed twice for query {query[j]}")
     return offsets, ids
 
 
@@ -167,14 +168,14 @@ def check_given_scores(pos_scores: Any, nnz: int, cutoff: int) -> Any:
     """The positives' given scores (the sharded search): float32 [nnz], finite, and no pair weights
     (they would compare the positives with a shard's local top-k)."""
     if not isinstance(pos_scores, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"pos_scores: expected a float32 numpy array or torch tensor [nnz={nnz}], got {describe(pos_scores)}")
+        raise UsageTypeError("pos_scores", f"expected a float32 numpy array or torch tensor [nnz={nnz}], got {describe(pos_scores)}")
     if pos_scores.dtype not in (np.float32, torch.float32):
-        raise TypeError(f"pos_scores: expected dtype float32, got {pos_scores.dtype}")
+        raise UsageTypeError("pos_scores", f"expected dtype float32, got {pos_scores.dtype}")
     if tuple(pos_scores.shape) != (nnz,):
-        raise ValueError(f"pos_scores: expected shape [nnz={nnz}] (one score per positive), got {tuple(pos_scores.shape)}")
+        raise UsageError("pos_scores", f"expected shape [nnz={nnz}] (one score per positive), got {tuple(pos_scores.shape)}")
     finite = torch.isfinite(pos_scores).all().item() if isinstance(pos_scores, torch.Tensor) else np.isfinite(pos_scores).all()
     if not finite:
-        raise ValueError("pos_scores: contains NaN or Inf")
+        raise UsageError("pos_scores", "contains NaN or Inf")
     if cutoff:
-        raise ValueError("pos_scores: given positive scores cannot be combined with a cutoff (pair weights)")
+        raise UsageError("pos_scores", "given positive scores cannot be combined with a cutoff (pair weights)")
     return pos_scores

@@ -23,6 +23,7 @@ from drfast.common.checks import check_bool, check_choice, check_float, check_in
 from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
 from drfast.common.distributed import current, share_of_mean
+from drfast.common.errors import UsageError
 from drfast.index.sharded import ShardedIndex
 from drfast.search.rank_metrics import mean_mrr
 from drfast.train.core import TrainConfig, TrainingRun, digest, encode_some, sample_rows
@@ -60,7 +61,7 @@ class AdoreConfig(TrainConfig):
     def check_index_kind(self, kind: str) -> None:
         """ValueError when train_centroids is set for an index without centroids (`kind` "flat")."""
         if self.train_centroids and kind not in ("pq", "opq"):
-            raise ValueError(f"train_centroids: trains the centroids of a PQ index (pq:M or opq:M); a {kind} index "
+            raise UsageError("train_centroids", f"trains the centroids of a PQ index (pq:M or opq:M); a {kind} index "
                              f"has none")
 
 
@@ -139,23 +140,23 @@ class AdoreTrainer(TrainingRun):
         config = config or AdoreConfig()
         config.check()
         if query_encoder.dim != index.dim:
-            raise ValueError(f"query_encoder: dimension {query_encoder.dim} differs from the index's {index.dim}")
+            raise UsageError("query_encoder", f"dimension {query_encoder.dim} differs from the index's {index.dim}")
         if config.k > index.ntotal:
-            raise ValueError(f"k: {config.k} candidates asked but the index has only {index.ntotal} rows")
+            raise UsageError("k", f"{config.k} candidates asked but the index has only {index.ntotal} rows")
         self.rows: Dict[str, List[int]] = {}
         for qid in sorted(positives):
             if qid not in queries:
-                raise ValueError(f"positives: query {qid!r} has no text in queries")
+                raise UsageError("positives", f"query {qid!r} has no text in queries")
             docs = list(positives[qid])
             if not docs:
-                raise ValueError(f"positives: query {qid!r} has no positive document (drop it from the training set)")
+                raise UsageError("positives", f"query {qid!r} has no positive document (drop it from the training set)")
             rows = index.doc_ids.rows(docs, name="positives", owner=f"query {qid!r}")
             self.rows[qid] = sorted(set(rows.tolist()))
         if not self.rows:
-            raise ValueError("positives: no training query")
+            raise UsageError("positives", "no training query")
         config.check_index_kind(getattr(index, "kind", type(index).__name__))
         if config.train_centroids and current().distributed:
-            raise ValueError("train_centroids: JPQ is not supported under torchrun yet (its centroids are trained "
+            raise UsageError("train_centroids", "JPQ is not supported under torchrun yet (its centroids are trained "
                              "outside the encoder's forward pass); train it in one process")
         self.start_index, model, groups = index, query_encoder, None
         if config.train_centroids:

@@ -41,6 +41,7 @@ from drfast.common.atomic import save_torch_atomic, write_json_atomic, write_tex
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.distributed import all_reduce_sum, current
+from drfast.common.errors import UsageError, UsageTypeError
 from drfast.encode.corpus_cache import weights_digest
 from drfast.encode.encoders import Encoder
 
@@ -81,9 +82,9 @@ class TrainConfig:
         for name in ("max_steps", "seed"):
             check_int(getattr(self, name), name, 0)
         if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr!r}")
+            raise UsageError("lr", f"must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+            raise UsageError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
         check_choice(self.amp, "amp", AMP)
         if self.score_scale is not None:
             check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
@@ -123,7 +124,7 @@ class TrainingRun:
         config = config or TrainConfig()
         config.check()
         if not items:
-            raise ValueError("items: no training example")
+            raise UsageError("items", "no training example")
         self.model, self.items, self.config = model, list(items), config
         self.hooks = _check_hooks(hooks)
         self.output_dir = None if output_dir is None else Path(output_dir)
@@ -144,7 +145,7 @@ class TrainingRun:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError("tensorboard: logging to TensorBoard needs `pip install tensorboard`") from e
+                raise UsageError("tensorboard", "logging to TensorBoard needs `pip install tensorboard`") from e
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         self.step = 0          # optimizer steps done
         self.micro = 0         # micro-batches done (position in the data order)
@@ -397,7 +398,7 @@ def check_run_dir(run_dir: Optional[str | os.PathLike], config: TrainConfig, *, 
     check_bool(resume, "resume")
     check_bool(overwrite, "overwrite")
     if resume and overwrite:
-        raise ValueError("overwrite: cannot be combined with --resume (continue the run or start it over)")
+        raise UsageError("overwrite", "cannot be combined with --resume (continue the run or start it over)")
     if run_dir is None:
         return False
     run_dir = Path(run_dir)
@@ -421,7 +422,7 @@ def check_world_size(run_dir: Path, saved: dict, world_size: int) -> None:
     saved before world_size was recorded was trained on 1)."""
     was = saved.get("world_size", 1)
     if was != world_size:
-        raise ValueError(f"resume: the run in {run_dir} was trained on {was} process(es) (torch.distributed world "
+        raise UsageError("resume", f"the run in {run_dir} was trained on {was} process(es) (torch.distributed world "
                          f"size) and this one has {world_size}; resume it with the same number (torchrun "
                          f"--nproc_per_node/--nnodes), or pass --overwrite to start over")
 
@@ -436,7 +437,7 @@ def check_resumable(run_dir: Path, saved: dict, current: dict) -> None:
               for key in sorted(set(saved) | set(now))
               if key not in RESUME_MAY_CHANGE and saved.get(key) != now.get(key)]
     if differ:
-        raise ValueError(f"resume: the run in {run_dir} was trained with other settings or inputs: "
+        raise UsageError("resume", f"the run in {run_dir} was trained with other settings or inputs: "
                          f"{'; '.join(differ)}. Resume with the same ones, or pass --overwrite to start over")
 
 
@@ -486,7 +487,7 @@ def _check_hooks(hooks: Sequence[Tuple[int, Callable]]) -> List[Tuple[int, Calla
     active = []
     for pair in hooks:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
-            raise TypeError(f"hooks: expected (every, hook) pairs with a callable hook, got {pair!r}")
+            raise UsageTypeError("hooks", f"expected (every, hook) pairs with a callable hook, got {pair!r}")
         if check_int(pair[0], "hooks: every", 0):
             active.append((pair[0], pair[1]))
     return active

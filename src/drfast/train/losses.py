@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from drfast.common.csr import row_of_each
+from drfast.common.errors import UsageError, UsageTypeError
 
 __all__ = ["adore_loss", "ranknet_loss"]
 
@@ -76,11 +77,11 @@ def _describe(x: Any) -> str:
 
 def _scores(x: Any, name: str, ndim: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch tensor (scores must carry gradients), got {_describe(x)}")
+        raise UsageTypeError(name, f"expected a torch tensor (scores must carry gradients), got {_describe(x)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating point dtype, got {x.dtype}")
+        raise UsageTypeError(name, f"expected a floating point dtype, got {x.dtype}")
     if x.dim() != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(x.shape)}")
+        raise UsageError(name, f"expected a {ndim}-D tensor, got shape {tuple(x.shape)}")
     return x
 
 
@@ -88,9 +89,9 @@ def _int_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected an integer torch tensor or numpy array, got {_describe(x)}")
+        raise UsageTypeError(name, f"expected an integer torch tensor or numpy array, got {_describe(x)}")
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{name}: expected an integer dtype, got {x.dtype}")
+        raise UsageTypeError(name, f"expected an integer dtype, got {x.dtype}")
     return x.detach().to(device=device, dtype=torch.int64)
 
 
@@ -98,18 +99,18 @@ def _bool_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a bool torch tensor or numpy array, got {_describe(x)}")
+        raise UsageTypeError(name, f"expected a bool torch tensor or numpy array, got {_describe(x)}")
     if x.dtype != torch.bool:
-        raise TypeError(f"{name}: expected dtype bool, got {x.dtype}")
+        raise UsageTypeError(name, f"expected dtype bool, got {x.dtype}")
     return x.detach().to(device)
 
 
 def _scale(score_scale: Any) -> float:
     if isinstance(score_scale, bool) or not isinstance(score_scale, (int, float, np.integer, np.floating)):
-        raise TypeError(f"score_scale: expected a number, got {type(score_scale).__name__}")
+        raise UsageTypeError("score_scale", f"expected a number, got {type(score_scale).__name__}")
     s = float(score_scale)
     if not math.isfinite(s) or s <= 0:
-        raise ValueError(f"score_scale: must be finite and > 0, got {score_scale}")
+        raise UsageError("score_scale", f"must be finite and > 0, got {score_scale}")
     return s
 
 
@@ -162,46 +163,46 @@ def adore_loss(
     cand_scores = _scores(cand_scores, "cand_scores", 2)
     pos_scores = _scores(pos_scores, "pos_scores", 1)
     if normalizer not in NORMALIZERS:
-        raise ValueError(f"normalizer: expected one of {NORMALIZERS}, got {normalizer!r}")
+        raise UsageError("normalizer", f"expected one of {NORMALIZERS}, got {normalizer!r}")
     scale = _scale(score_scale)
     device = cand_scores.device
     if pos_scores.device != device:
-        raise ValueError(f"pos_scores: on {pos_scores.device}, but cand_scores is on {device}")
+        raise UsageError("pos_scores", f"on {pos_scores.device}, but cand_scores is on {device}")
     B, k = cand_scores.shape
 
     offsets = _int_tensor(pos_offsets, "pos_offsets", device)
     if offsets.dim() != 1 or offsets.shape[0] != B + 1:
-        raise ValueError(f"pos_offsets: expected shape [B+1] = [{B + 1}] (B = cand_scores.shape[0]), "
+        raise UsageError("pos_offsets", f"expected shape [B+1] = [{B + 1}] (B = cand_scores.shape[0]), "
                          f"got {tuple(offsets.shape)}")
     counts = offsets[1:] - offsets[:-1]
     first, nnz = (int(v) for v in torch.stack([offsets[0], offsets[-1]]).tolist())
     if first != 0 or bool((counts < 0).any()):
-        raise ValueError("pos_offsets: must start at 0 and be non-decreasing")
+        raise UsageError("pos_offsets", "must start at 0 and be non-decreasing")
     if pos_scores.shape[0] != nnz:
-        raise ValueError(f"pos_scores: expected shape [nnz] = [{nnz}] (nnz = pos_offsets[-1]), "
+        raise UsageError("pos_scores", f"expected shape [nnz] = [{nnz}] (nnz = pos_offsets[-1]), "
                          f"got {tuple(pos_scores.shape)}")
 
     if isinstance(pair_weights, np.ndarray):
         pair_weights = torch.from_numpy(np.ascontiguousarray(pair_weights))
     if not isinstance(pair_weights, torch.Tensor):
-        raise TypeError(f"pair_weights: expected a float tensor or numpy array, got {_describe(pair_weights)}")
+        raise UsageTypeError("pair_weights", f"expected a float tensor or numpy array, got {_describe(pair_weights)}")
     if not pair_weights.is_floating_point():
-        raise TypeError(f"pair_weights: expected a floating point dtype, got {pair_weights.dtype}")
+        raise UsageTypeError("pair_weights", f"expected a floating point dtype, got {pair_weights.dtype}")
     if tuple(pair_weights.shape) != (nnz, k):
-        raise ValueError(f"pair_weights: expected shape [nnz, k] = [{nnz}, {k}], got {tuple(pair_weights.shape)}")
+        raise UsageError("pair_weights", f"expected shape [nnz, k] = [{nnz}, {k}], got {tuple(pair_weights.shape)}")
 
     if ids is not None:
         ids = _int_tensor(ids, "ids", device)
         if tuple(ids.shape) != (B, k):
-            raise ValueError(f"ids: expected shape [B, k] = [{B}, {k}] (cand_scores' shape), got {tuple(ids.shape)}")
+            raise UsageError("ids", f"expected shape [B, k] = [{B}, {k}] (cand_scores' shape), got {tuple(ids.shape)}")
     if pos_ids is not None:
         pos_ids = _int_tensor(pos_ids, "pos_ids", device)
         if tuple(pos_ids.shape) != (nnz,):
-            raise ValueError(f"pos_ids: expected shape [nnz] = [{nnz}], got {tuple(pos_ids.shape)}")
+            raise UsageError("pos_ids", f"expected shape [nnz] = [{nnz}], got {tuple(pos_ids.shape)}")
     if pos_in_topk is not None:
         pos_in_topk = _bool_tensor(pos_in_topk, "pos_in_topk", device)
         if tuple(pos_in_topk.shape) != (nnz,):
-            raise ValueError(f"pos_in_topk: expected shape [nnz] = [{nnz}], got {tuple(pos_in_topk.shape)}")
+            raise UsageError("pos_in_topk", f"expected shape [nnz] = [{nnz}], got {tuple(pos_in_topk.shape)}")
 
     need_ids = normalizer == "pairs" or (only_if_unretrieved and pos_in_topk is None)
     if need_ids and (ids is None or pos_ids is None):
@@ -213,9 +214,9 @@ def adore_loss(
     w = pair_weights.detach().to(device=device, dtype=dtype)
     w_bad = torch.stack([(~torch.isfinite(w)).any(), (w < 0).any()]).tolist()
     if w_bad[0]:
-        raise ValueError("pair_weights: contains NaN or Inf")
+        raise UsageError("pair_weights", "contains NaN or Inf")
     if w_bad[1]:
-        raise ValueError("pair_weights: contains negative weights")
+        raise UsageError("pair_weights", "contains negative weights")
 
     # Query of every positive: [nnz].
     qidx = row_of_each(offsets)
@@ -292,28 +293,28 @@ def ranknet_loss(
     Returns a 0-d tensor; 0 (still connected to the inputs) when no pair is unmasked.
     """
     if not isinstance(pos_scores, torch.Tensor):
-        raise TypeError(f"pos_scores: expected a torch tensor, got {_describe(pos_scores)}")
+        raise UsageTypeError("pos_scores", f"expected a torch tensor, got {_describe(pos_scores)}")
     if not isinstance(neg_scores, torch.Tensor):
-        raise TypeError(f"neg_scores: expected a torch tensor, got {_describe(neg_scores)}")
+        raise UsageTypeError("neg_scores", f"expected a torch tensor, got {_describe(neg_scores)}")
     for name, x in (("pos_scores", pos_scores), ("neg_scores", neg_scores)):
         if not x.is_floating_point():
-            raise TypeError(f"{name}: expected a floating point dtype, got {x.dtype}")
+            raise UsageTypeError(name, f"expected a floating point dtype, got {x.dtype}")
     scale = _scale(score_scale)
     if neg_scores.dim() == pos_scores.dim() + 1 and neg_scores.shape[:-1] == pos_scores.shape:
         pos = pos_scores.unsqueeze(-1)
     elif neg_scores.shape == pos_scores.shape:
         pos = pos_scores
     else:
-        raise ValueError(f"neg_scores: expected shape {tuple(pos_scores.shape)} + (n,) or "
+        raise UsageError("neg_scores", f"expected shape {tuple(pos_scores.shape)} + (n,) or "
                          f"{tuple(pos_scores.shape)} (pos_scores' shape), got {tuple(neg_scores.shape)}")
     if neg_scores.device != pos_scores.device:
-        raise ValueError(f"neg_scores: on {neg_scores.device}, but pos_scores is on {pos_scores.device}")
+        raise UsageError("neg_scores", f"on {neg_scores.device}, but pos_scores is on {pos_scores.device}")
     if mask is None:
         mask = torch.ones(neg_scores.shape, dtype=torch.bool, device=neg_scores.device)
     else:
         mask = _bool_tensor(mask, "mask", neg_scores.device)
         if mask.shape != neg_scores.shape:
-            raise ValueError(f"mask: expected neg_scores' shape {tuple(neg_scores.shape)}, got {tuple(mask.shape)}")
+            raise UsageError("mask", f"expected neg_scores' shape {tuple(neg_scores.shape)}, got {tuple(mask.shape)}")
     dtype = _compute_dtype(pos_scores, neg_scores)
     zero = torch.zeros((), dtype=dtype, device=neg_scores.device)
     diff = torch.where(mask, (neg_scores.to(dtype) - pos.to(dtype)) * scale, zero)

@@ -22,6 +22,7 @@ import torch
 from drfast.common.checks import check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.distributed import all_gather_rows, share_of_mean, slice_of
+from drfast.common.errors import UsageError
 from drfast.train.core import TrainConfig, TrainingRun, digest, encode_some, sample_rows
 from drfast.train.losses import ranknet_loss
 
@@ -58,7 +59,7 @@ def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, 
     torch.distributed: drfast.common.distributed.share_of_mean, q being a rank's share of the batch)."""
     B, U = q.shape[0], docs.shape[0]
     if known_pos.shape != (B, U):
-        raise ValueError(f"known_pos: expected shape [{B}, {U}], got {tuple(known_pos.shape)}")
+        raise UsageError("known_pos", f"expected shape [{B}, {U}], got {tuple(known_pos.shape)}")
     s = q @ docs.T                                                    # [B, U]
     s_pos = s.gather(1, pos_col[:, None]).squeeze(1)
     own = torch.zeros(B, U + 1, dtype=torch.bool, device=s.device)    # column U collects the -1 padding
@@ -90,20 +91,20 @@ class StarTrainer(TrainingRun):
         config = config or StarConfig()
         config.check()
         if config.method in ("star", "static") and not negatives:
-            raise ValueError(f"negatives: method {config.method!r} needs static hard negatives per query")
+            raise UsageError("negatives", f"method {config.method!r} needs static hard negatives per query")
         self.pos_rows: Dict[str, np.ndarray] = {}
         self.neg_rows: Dict[str, np.ndarray] = {}
         for qid in sorted(positives):
             if qid not in queries:
-                raise ValueError(f"positives: query {qid!r} has no text in queries")
+                raise UsageError("positives", f"query {qid!r} has no text in queries")
             if not positives[qid]:
-                raise ValueError(f"positives: query {qid!r} has no positive document (drop it from the training set)")
+                raise UsageError("positives", f"query {qid!r} has no positive document (drop it from the training set)")
             self.pos_rows[qid] = corpus.rows(list(positives[qid]))
             if config.method in ("star", "static"):
                 negs = corpus.rows(list(negatives.get(qid, [])))
                 negs = negs[~np.isin(negs, self.pos_rows[qid])]
                 if negs.size == 0:
-                    raise ValueError(f"negatives: query {qid!r} has no hard negative that is not a positive")
+                    raise UsageError("negatives", f"query {qid!r} has no hard negative that is not a positive")
                 self.neg_rows[qid] = np.unique(negs)
         super().__init__(model, sorted(self.pos_rows), config=config, output_dir=output_dir, hooks=hooks)
         self.corpus, self.queries = corpus, queries
