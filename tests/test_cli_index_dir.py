@@ -113,6 +113,8 @@ def own_index(setup, dim, prefix):
     (["evaluate", "--index-dir", "{flat}", "--model", None],
      "--model: required (with a saved index, the query encoder"),
     (["evaluate"], "--data: {queries_only} has no corpus.jsonl"),  # without --index-dir the corpus is needed
+    (["evaluate", "--index-dir", "{cached}"], "--index-dir: {cached} is a corpus embeddings cache (drfast encode), "
+                                              "not an index; build one from it with drfast index --embeddings"),
 ])
 def test_index_dir_errors_are_one_line_naming_the_flag_before_loading_a_model(setup, tmp_path, capsys, monkeypatch,
                                                                               argv, message):
@@ -121,7 +123,8 @@ def test_index_dir_errors_are_one_line_naming_the_flag_before_loading_a_model(se
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the error")
 
-    fill = dict(setup, own24=own_index(setup, 24, "d"), own32x=own_index(setup, 32, "x"))
+    cached = next(p for p in (setup["root"] / "cache" / "embeddings").iterdir() if (p / "meta.json").is_file())
+    fill = dict(setup, own24=own_index(setup, 24, "d"), own32x=own_index(setup, 32, "x"), cached=cached)
     monkeypatch.setattr(encoders, "_load_pretrained", no_loading)
     argv = [None if a is None else a.format(**fill) for a in argv]
     defaults = {"--data": setup["queries_only"], "--model": setup["model"], "--output": str(tmp_path / "out")}

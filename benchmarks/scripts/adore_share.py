@@ -3,7 +3,7 @@ all-MiniLM-L6-v2 at N=100k: SciFact's documents plus random unit-norm distractor
 
 Run from the repository root:
 
-    python -m benchmarks.scripts.adore_share [--data ../shared/data/scifact] [--n 100000] [--steps 20]
+    python -m benchmarks.scripts.adore_share [--data $DRFAST_DATA/scifact] [--n 100000] [--steps 20]
 
 The corpus is encoded once through drfast's cache (about 2.5 minutes the first time).
 """

@@ -4,7 +4,7 @@ training recovers, with the query encoder alone or with the PQ centroids too.
 Run from the repository root (21 training runs of 1-2 minutes each on 2 idle cores; resumable: a run
 whose metrics.json exists is read back, not redone):
 
-    python -m benchmarks.scripts.compression_report [--data ../shared/data/scifact] [--ms 8 16 48]
+    python -m benchmarks.scripts.compression_report [--data $DRFAST_DATA/scifact] [--ms 8 16 48]
         [--seeds 0 1 2] [--output runs/compression]
 
 For every seed S (the training seed and the PQ codebook seed) and every M, on the test split:
@@ -26,6 +26,7 @@ from statistics import mean, stdev
 from drfast.common.atomic import write_json_atomic
 from drfast.pipelines import run_adore
 from drfast.pipelines.inputs import check_model
+from drfast.pipelines.specs import CorpusSpec, EncoderSpec, IndexSpec, OutputSpec, TrainSpec
 from drfast.train import AdoreConfig
 
 from benchmarks.scripts import script_parser
@@ -35,12 +36,15 @@ VARIANTS = [("(a) zero-shot", "a"), ("(b) ADORE on flat, evaluated on pq:M", "b"
 METRICS = ("nDCG@10", "MRR@10")
 
 
-def cached_run(output: Path, **kwargs) -> dict:
+def cached_run(output: Path, data: str, model: str, index: IndexSpec, config: AdoreConfig,
+               also_evaluate_on=()) -> dict:
     """run_adore, or its metrics.json when a finished run is already there."""
     done = output / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    return run_adore(output=output, resume=(output / "run" / "checkpoint.pt").exists(), **kwargs)
+    return run_adore(CorpusSpec(data), EncoderSpec(model),
+                     OutputSpec(output, resume=(output / "run" / "checkpoint.pt").exists()), index, config=config,
+                     train=TrainSpec(also_evaluate_on=tuple(also_evaluate_on)))
 
 
 def fmt(values) -> str:
@@ -62,8 +66,8 @@ def main() -> None:
             results.setdefault(key, {}).setdefault(m, []).append(metrics[m])
 
     for seed in args.seeds:
-        common = dict(data_dir=args.data, model=args.model, index_seed=seed)
-        flat = cached_run(out / f"flat-s{seed}", index_spec="flat", config=AdoreConfig(seed=seed),
+        common = dict(data=args.data, model=args.model)
+        flat = cached_run(out / f"flat-s{seed}", index=IndexSpec("flat", seed), config=AdoreConfig(seed=seed),
                           also_evaluate_on=[f"pq:{m}" for m in args.ms], **common)
         add(("zero-shot", "flat"), flat["before"])
         add(("ADORE", "flat"), flat["after"])
@@ -71,9 +75,10 @@ def main() -> None:
             other = flat["other_indexes"][f"pq:{m}"]
             add(("a", m), other["before"])
             add(("b", m), other["after"])
-            pq = cached_run(out / f"pq{m}-s{seed}", index_spec=f"pq:{m}", config=AdoreConfig(seed=seed), **common)
+            pq = cached_run(out / f"pq{m}-s{seed}", index=IndexSpec(f"pq:{m}", seed), config=AdoreConfig(seed=seed),
+                            **common)
             add(("c", m), pq["after"])
-            jpq = cached_run(out / f"jpq{m}-s{seed}", index_spec=f"pq:{m}",
+            jpq = cached_run(out / f"jpq{m}-s{seed}", index=IndexSpec(f"pq:{m}", seed),
                              config=AdoreConfig(seed=seed, train_centroids=True), **common)
             add(("d", m), jpq["after"])
 

@@ -5,7 +5,7 @@ Run from the repository root:
     python -m benchmarks.scripts.ddp_overhead [--model all-MiniLM-L6-v2] [--n 20000] [--batch 32] [--steps 8]
 
 1. One process: the mean seconds of an ADORE step (all-MiniLM-L6-v2 query encoder, global batch B,
-   k=200, a flat index of N random unit vectors; the SciFact training queries when ../shared/data/scifact
+   k=200, a flat index of N random unit vectors; the SciFact training queries when $DRFAST_DATA/scifact
    is present, else random words), steps 3.. of `--steps`.
 2. Two gloo processes (the cores split between them), per step: DDP's gradient all-reduce of every
    parameter of the model, in DDP's 25 MiB buckets (measured apart, without DDP's overlap with the
@@ -33,7 +33,7 @@ BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket_cap_mb
 def _queries(data, n):
     from drfast.data import load_beir
 
-    if os.path.isdir(data):
+    if data and os.path.isdir(data):
         train = load_beir(data, "train")
         qids = sorted(train.positives)[:n]
         return {q: train.queries[q] for q in qids}

@@ -3,7 +3,7 @@ batch size and max length, on a BEIR corpus; then the cache hit of a second call
 
 Run from the repository root:
 
-    python -m benchmarks.scripts.encode_speed [--data ../shared/data/scifact] [--model all-MiniLM-L6-v2]
+    python -m benchmarks.scripts.encode_speed [--data $DRFAST_DATA/scifact] [--model all-MiniLM-L6-v2]
 
 Runs the two encoders one after the other in this process (about 5 minutes for SciFact on 2 cores).
 """

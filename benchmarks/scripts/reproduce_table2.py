@@ -4,7 +4,7 @@ against In-Batch. Not part of CI (about 10 minutes per method on 2 cores with th
 
 Run from the repository root:
 
-    python -m benchmarks.scripts.reproduce_table2 [--data ../shared/data/scifact] [--epochs 4] [--output runs/table2]
+    python -m benchmarks.scripts.reproduce_table2 [--data $DRFAST_DATA/scifact] [--epochs 4] [--output runs/table2]
 
 Methods: In-Batch, Rand Neg, Static (BM25 negatives), STAR (the warm-up model's static negatives plus
 in-batch reuse), TriSampler (its negatives with the STAR loss); "+ ADORE" trains the query tower of
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from drfast.eval import evaluate, paired_ttest, read_trec_run
 from drfast.pipelines import run_adore, run_star
+from drfast.pipelines.specs import CorpusSpec, EncoderSpec, OutputSpec, TrainSpec
 from drfast.train import AdoreConfig, StarConfig
 
 from benchmarks.scripts import script_parser
@@ -44,11 +45,11 @@ def main() -> None:
     rows = []
     for label, method, negatives in METHODS:
         star_dir = out / method
-        run_star(args.data, args.model, star_dir, negatives=negatives,
-                 config=StarConfig(method=method, epochs=args.epochs, seed=args.seed))
-        run_adore(args.data, str(star_dir / "model" / "document"), star_dir / "adore",
-                  config=AdoreConfig(epochs=args.epochs, seed=args.seed),
-                  query_model=str(star_dir / "model" / "query"))
+        run_star(CorpusSpec(args.data), EncoderSpec(args.model), OutputSpec(star_dir),
+                 config=StarConfig(method=method, epochs=args.epochs, seed=args.seed),
+                 train=TrainSpec(negatives=negatives))
+        run_adore(CorpusSpec(args.data), EncoderSpec(star_dir / "model" / "document", star_dir / "model" / "query"),
+                  OutputSpec(star_dir / "adore"), config=AdoreConfig(epochs=args.epochs, seed=args.seed))
         for name, sub, query in ((label, "eval", "query"), (label + " + ADORE", "adore-eval", None)):
             qm = str(star_dir / "model" / "query") if query else str(star_dir / "adore" / "query_encoder")
             cli(["evaluate", "--data", args.data, "--split", "test", "--model", str(star_dir / "model" / "document"),

@@ -40,8 +40,8 @@ import torch
 import drfast
 from drfast.common.doc_ids import DocIdMap
 from drfast.encode.encoders import Encoder
-from drfast.pipelines.memory_plan import plan_memory
-from drfast.search.two_stage import build_first_pass
+from drfast.pipelines.memory_plan import PlannedRun, plan_memory
+from drfast.search.first_pass import build_first_pass
 from drfast.train.adore import adore_batch_loss
 
 from benchmarks.embeddings import realistic_rows
@@ -257,9 +257,9 @@ def main() -> None:
         with PeakMemory() as mem:  # the training run alone: what the planner predicts
             res = adore_steps(index, tiny_encoder(workdir), texts, positives, args.steps, seed=1,
                               check_against=exact if name == "int8" else None)
-        plan = plan_memory(docs=args.docs, dim=DIM, index=spec, first_pass=fp, model=str(workdir / "tiny-encoder"),
-                           batch_size=B, k=K, gpu_memory=0, host_memory="1TB", document_tower=False,
-                           first_pass_refine=args.refine)
+        plan = plan_memory(PlannedRun(docs=args.docs, dim=DIM, index=spec, first_pass=fp,
+                                      model=str(workdir / "tiny-encoder"), batch_size=B, k=K, document_tower=False,
+                                      first_pass_refine=args.refine), gpu_memory=0, host_memory="1TB")
         # the planner counts the exact rows as RAM when every step reads them all (flat without a first
         # pass): compare with anonymous + resident file pages then, else with anonymous memory alone
         rows_in_ram = any(p.where == "host" and p.name.startswith("exact rows") for p in plan.parts)

@@ -7,7 +7,7 @@
 //   int8: rows int8 [N, dp], dp = round_up(d, 64); queries as uint8 q8 + 128 [B, dp], so that
 //         sum(u8 * x8) - 128 * sum(x8) = q8 . x8 exactly in int32 (vpdpbusd multiplies u8 by s8).
 //   bf16: rows and queries as bfloat16 bits [*, dp], dp = round_up(d, 32).
-// The bound arithmetic (see src/drfast/search/two_stage.py for the derivation) is the same in
+// The bound arithmetic (see src/drfast/search/first_pass.py for the derivation) is the same in
 // every table: est = (float(I) * a_r) * c_b (int8) or the fp32 sum (bf16), and
 //   delta = ((alpha_b * e_r + beta_b * m_r) + eta) * kSlack,  lo = est - delta,  hi = est + delta.
 #pragma once
@@ -57,7 +57,7 @@ extern const FirstPassKernels kFpGeneric;
 extern const FirstPassKernels kFpAvx512Vnni;  // AVX-512 F/BW/VL + VNNI; bf16 through fp32 FMAs
 extern const FirstPassKernels kFpAvx512Bf16;  // the above + AVX512_BF16 (vdpbf16ps)
 
-// The table for the active SIMD level (dispatch.cpp): generic unless the level is avx512 and the
+// The table for the active SIMD level (isa_dispatch.cpp): generic unless the level is avx512 and the
 // CPU has VNNI (and BF16 for the last table).
 const FirstPassKernels& active_first_pass();
 // "int8,bf16" / "bf16" / "": the first-pass kinds with a fast native kernel at the active level.

@@ -52,7 +52,7 @@ extern const IsaKernels kIsaAvx512;
 extern const IsaKernels kIsaAvx2;
 extern const IsaKernels kIsaGeneric;
 
-// The table in use (dispatch.cpp): the best this CPU supports, or the level set_simd_level forced.
+// The table in use (isa_dispatch.cpp): the best this CPU supports, or the level set_simd_level forced.
 const IsaKernels& active_isa();
 
 }  // namespace drfast

@@ -99,7 +99,7 @@ class IntervalTopK {
   float exact_threshold_ = -std::numeric_limits<float>::infinity();
 };
 
-// The second bound of one pair, in double: [lo2, hi2] holds the exact score (two_stage.py).
+// The second bound of one pair, in double: [lo2, hi2] holds the exact score (src/drfast/search/first_pass.py).
 struct Interval {
   double lo, hi;
 };
@@ -166,8 +166,8 @@ struct Buffers {
         candidates(static_cast<size_t>(B) * T * cap),
         heaps(static_cast<size_t>(T) * B * keep),
         counts(static_cast<size_t>(T) * nnz, 0),
-        work_q(static_cast<size_t>(T) * B * 3, 0),
-        work_p(static_cast<size_t>(T) * nnz * 2, 0) {
+        work_q(static_cast<size_t>(T) * B * kWorkPerQuery, 0),
+        work_p(static_cast<size_t>(T) * nnz * kWorkPerPositive, 0) {
     topk.reserve(static_cast<size_t>(T) * B);
   }
   std::vector<uint32_t> raw;           // [T][B * kFpBlockRows] first-pass raw sums of one block
@@ -180,194 +180,270 @@ struct Buffers {
   std::vector<IntervalTopK> topk;      // [T][B]
   std::vector<float> heaps;            // [T][B][keep]
   std::vector<int64_t> counts;         // [T][nnz]
-  std::vector<int64_t> work_q, work_p; // [T][B * 3], [T][nnz * 2]
+  std::vector<int64_t> work_q, work_p; // [T][B * kWorkPerQuery], [T][nnz * kWorkPerPositive]
 };
 
-}  // namespace
+// One thread's slices of the Buffers.
+struct ThreadSlots {
+  uint32_t* raw;
+  float *lo, *hi;
+  int32_t *idx, *d12, *d21;
+  Interval* ivs;
+  float* row_scratch;
+  IntervalTopK* topk;  // [B]
+  int64_t *counts, *work_q, *work_p;
+};
 
-void two_stage_search(const SearchInput& in, const FirstPassView& fp, const RefineView& rv,
-                      const SearchOutput& out, const TwoStageStats& stats) {
-  const IsaKernels& isa = active_isa();
-  const FirstPassKernels& fpk = active_first_pass();
-  const int64_t B = in.B, N = in.N, k = in.k, nnz = in.pos_offsets[B];
-  const int64_t kept = std::min(k, N);
-  const int64_t nblocks = (N + kFpBlockRows - 1) / kFpBlockRows;
-  const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), nblocks)));
-  const Refiner refiner(fp, rv, fpk);
-  const bool refine = refiner.enabled() && fp.kind == kFpKindInt8;
+// One two-stage search, step by step: score the positives, one pass over the first-pass codes
+// (top-k candidates and rank counts per thread), then gather each query's top-k and sum the counts.
+class TwoStageRun {
+ public:
+  TwoStageRun(const SearchInput& in, const TwoStageParams& params, const SearchOutput& out)
+      : in_(in),
+        p_(params),
+        out_(out),
+        isa_(active_isa()),
+        fpk_(active_first_pass()),
+        B_(in.B),
+        N_(in.N),
+        nnz_(in.pos_offsets[in.B]),
+        kept_(std::min(in.k, in.N)),
+        nblocks_((in.N + kFpBlockRows - 1) / kFpBlockRows),
+        T_(static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), nblocks_)))),
+        refiner_(params.first_pass, params.refine, fpk_),
+        refine_(refiner_.enabled() && params.first_pass.kind == kFpKindInt8),
+        d16_((in.d + 15) / 16 * 16),
+        qpad_(in.B * d16_),
+        exact_{qpad_.data(), in.B, in.d, d16_, in.docs, in.docs_fp16},
+        cap_(2 * kept_ + 16),
+        pos_query_(nnz_),
+        // Every buffer is allocated before the parallel regions (std::bad_alloc inside one would
+        // terminate the process; here it reaches Python as MemoryError), as in fused_scan.
+        buf_(T_, B_, nnz_, d16_, kept_, cap_) {
+    // The exact scorer: the exact scan's own pair kernel on zero-padded queries (flat_search.cpp).
+    for (int64_t b = 0; b < B_; ++b)
+      std::copy(in.queries + b * in.d, in.queries + (b + 1) * in.d, qpad_.data() + b * d16_);
+    for (int64_t b = 0; b < B_; ++b)
+      for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query_[i] = b;
+    for (int t = 0; t < T_; ++t)
+      for (int64_t b = 0; b < B_; ++b)
+        buf_.topk.emplace_back(buf_.candidates.data() + (static_cast<size_t>(b) * T_ + t) * cap_,
+                               buf_.heaps.data() + (static_cast<size_t>(t) * B_ + b) * kept_, kept_, cap_);
+  }
 
-  // The exact scorer: the exact scan's own pair kernel on zero-padded queries (flat_search.cpp).
-  const int64_t d16 = (in.d + 15) / 16 * 16;
-  AlignedFloats qpad(B * d16);
-  for (int64_t b = 0; b < B; ++b) std::copy(in.queries + b * in.d, in.queries + (b + 1) * in.d, qpad.data() + b * d16);
-  const FlatView exact{qpad.data(), B, in.d, d16, in.docs, in.docs_fp16};
+  void run() {
+    score_positives();
+    scan();
+#pragma omp parallel for schedule(static) num_threads(T_)
+    for (int64_t b = 0; b < B_; ++b)
+      gather_topk(b, buf_.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16_);
+    write_ranks_and_work();
+    if (in_.cutoff > 0) write_pair_weights(in_, out_, T_);
+  }
 
-  // Every buffer is allocated before the parallel regions (std::bad_alloc inside one would
-  // terminate the process; here it reaches Python as MemoryError), as in fused_scan.
-  const int64_t cap = 2 * kept + 16;
-  std::vector<int64_t> pos_query(nnz);
-  Buffers buf(T, B, nnz, d16, kept, cap);
+ private:
+  float exact_score(float* scratch, int64_t b, int64_t row) const {
+    return isa_.flat_score_pair(exact_, scratch, b, row);
+  }
 
-  // 1. Positive scores, exactly as the exact scan computes them (or given).
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = in.pos_offsets[b]; i < in.pos_offsets[b + 1]; ++i) pos_query[i] = b;
-  if (in.pos_scores_in) {  // given (sharded search): no positive row is read
-    std::copy(in.pos_scores_in, in.pos_scores_in + nnz, out.pos_scores);
-  } else {
-#pragma omp parallel num_threads(T)
+  // 1. Positive scores, exactly as the exact scan computes them (or given: no positive row is read).
+  void score_positives() {
+    if (in_.pos_scores_in) {
+      std::copy(in_.pos_scores_in, in_.pos_scores_in + nnz_, out_.pos_scores);
+      return;
+    }
+#pragma omp parallel num_threads(T_)
     {
-      float* scratch = buf.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16;
+      float* scratch = buf_.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16_;
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < nnz; ++i)
-        out.pos_scores[i] = isa.flat_score_pair(exact, scratch, pos_query[i], in.pos_ids[i]);
+      for (int64_t i = 0; i < nnz_; ++i) out_.pos_scores[i] = exact_score(scratch, pos_query_[i], in_.pos_ids[i]);
     }
   }
 
-  // 2. One pass over the codes; per thread: exact top-k candidates, rank counts, work counters.
-  for (int t = 0; t < T; ++t)
-    for (int64_t b = 0; b < B; ++b)
-    {
-      buf.topk.emplace_back(buf.candidates.data() + (static_cast<size_t>(b) * T + t) * cap,
-                            buf.heaps.data() + (static_cast<size_t>(t) * B + b) * kept, kept, cap);
-    }
-#pragma omp parallel num_threads(T)
-  {
-    const int t = omp_get_thread_num();
-    const size_t words = static_cast<size_t>(B) * kFpBlockRows;
-    uint32_t* raw = buf.raw.data() + t * words;
-    float* lo = buf.lo.data() + t * words;
-    float* hi = buf.hi.data() + t * words;
-    int32_t* idx = buf.idx.data() + static_cast<size_t>(t) * kFpBlockRows;
-    int32_t* d12 = buf.d12.data() + static_cast<size_t>(t) * kFpBlockRows;
-    int32_t* d21 = buf.d21.data() + static_cast<size_t>(t) * kFpBlockRows;
-    Interval* ivs = buf.intervals.data() + static_cast<size_t>(t) * kFpBlockRows;
-    float* row_scratch = buf.row_scratch.data() + static_cast<size_t>(t) * d16;
-    IntervalTopK* topk = buf.topk.data() + static_cast<size_t>(t) * B;
-    int64_t* my_counts = buf.counts.data() + static_cast<size_t>(t) * nnz;
-    int64_t* my_q = buf.work_q.data() + static_cast<size_t>(t) * B * 3;
-    int64_t* my_p = buf.work_p.data() + static_cast<size_t>(t) * nnz * 2;
-    auto exact_score = [&](int64_t b, int64_t row) { return isa.flat_score_pair(exact, row_scratch, b, row); };
-    // Second bounds of the m selected rows of query b (idx), all at once.
-    auto refine_selected = [&](int64_t b, int64_t r0, int64_t m) {
-      refiner.bounds(b, r0, idx, m, raw + b * kFpBlockRows, d12, d21, ivs);
-    };
+  ThreadSlots slots(int t) {
+    const size_t words = static_cast<size_t>(B_) * kFpBlockRows, rows = static_cast<size_t>(t) * kFpBlockRows;
+    return ThreadSlots{buf_.raw.data() + t * words,        buf_.lo.data() + t * words,
+                       buf_.hi.data() + t * words,         buf_.idx.data() + rows,
+                       buf_.d12.data() + rows,             buf_.d21.data() + rows,
+                       buf_.intervals.data() + rows,       buf_.row_scratch.data() + static_cast<size_t>(t) * d16_,
+                       buf_.topk.data() + static_cast<size_t>(t) * B_,
+                       buf_.counts.data() + static_cast<size_t>(t) * nnz_,
+                       buf_.work_q.data() + static_cast<size_t>(t) * B_ * kWorkPerQuery,
+                       buf_.work_p.data() + static_cast<size_t>(t) * nnz_ * kWorkPerPositive};
+  }
 
+  // 2. One pass over the codes; per thread: exact top-k candidates, rank counts, work counters.
+  void scan() {
+#pragma omp parallel num_threads(T_)
+    {
+      ThreadSlots s = slots(omp_get_thread_num());
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const int64_t r0 = blk * kFpBlockRows, nb = std::min(kFpBlockRows, N - r0);
-      fpk.bounds_block(fp, raw, r0, nb, lo, hi, kFpBlockRows);
-      for (int64_t b = 0; b < B; ++b) {
-        const float* l = lo + b * kFpBlockRows;
-        const float* h = hi + b * kFpBlockRows;
-        const float hmax = isa.max_of(h, nb);
-        IntervalTopK& top = topk[b];
-        // Admission: hi >= L, the k-th largest lower bound among this thread's candidates (every
-        // row whose first-pass lo exceeds L is a candidate, so no other row can raise L), and
-        // hi > the exact threshold after an exact compaction.
-        auto exact_b = [&](int64_t row) { return exact_score(b, row); };
-        if (hmax > top.admit_above()) {
-          const int64_t m = isa.select_above(h, nb, top.admit_above(), idx);
-          if (refine && m) {
-            refine_selected(b, r0, m);
-            my_q[b * 3] += m;
-          }
-          for (int64_t j = 0; j < m; ++j) {
-            const int64_t i = idx[j], row = r0 + i;
-            if (!(h[i] > top.admit_above())) continue;  // the bar rose within this block
-            if (!refine) {
-              top.push(l[i], h[i], row, exact_b, my_q[b * 3 + 1]);
-              continue;
-            }
-            const float lo2 = round_down(ivs[j].lo), hi2 = round_up(ivs[j].hi);
-            if (hi2 > top.admit_above()) top.push(std::max(lo2, l[i]), std::min(hi2, h[i]), row, exact_b, my_q[b * 3 + 1]);
-          }
-        }
-        for (int64_t pi = in.pos_offsets[b]; pi < in.pos_offsets[b + 1]; ++pi) {
-          const float sp = out.pos_scores[pi];
-          const int64_t p = in.pos_ids[pi];
-          if (hmax < sp) continue;  // every row of the block scores below the positive
-          my_counts[pi] += fpk.count_above(l, nb, sp);
-          const int64_t m = fpk.select_band(l, h, nb, sp, idx);
-          if (refine && m) refine_selected(b, r0, m);
-          for (int64_t j = 0; j < m; ++j) {
-            const int64_t i = idx[j], row = r0 + i;
-            if (row == p) continue;  // never ranks before itself
-            if (refine) {
-              ++my_p[pi * 2];
-              ++my_q[b * 3];
-              const Interval& iv = ivs[j];
-              if (iv.lo > static_cast<double>(sp)) {
-                ++my_counts[pi];
-                continue;
-              }
-              if (iv.hi < static_cast<double>(sp)) continue;
-            }
-            ++my_p[pi * 2 + 1];
-            ++my_q[b * 3 + 2];
-            const float s = exact_score(b, row);
-            my_counts[pi] += s > sp || (s == sp && row < p);
-          }
+      for (int64_t blk = 0; blk < nblocks_; ++blk) {
+        const int64_t r0 = blk * kFpBlockRows, nb = std::min(kFpBlockRows, N_ - r0);
+        fpk_.bounds_block(p_.first_pass, s.raw, r0, nb, s.lo, s.hi, kFpBlockRows);
+        for (int64_t b = 0; b < B_; ++b) {
+          const float hmax = isa_.max_of(s.hi + b * kFpBlockRows, nb);
+          admit_rows(s, b, r0, nb, hmax);
+          for (int64_t pi = in_.pos_offsets[b]; pi < in_.pos_offsets[b + 1]; ++pi)
+            if (!(hmax < out_.pos_scores[pi])) rank_rows(s, b, pi, r0, nb);  // else all rows rank after it
         }
       }
     }
   }
 
-  // 3. Gather each query's candidates from the T threads (in place), drop those below the best
-  // known L, score the rest exactly and write the ordered top-k, padded past N (as fused_scan).
-#pragma omp parallel for schedule(static) num_threads(T)
-  for (int64_t b = 0; b < B; ++b) {
-    float* scratch = buf.row_scratch.data() + static_cast<size_t>(omp_get_thread_num()) * d16;
-    IntervalCandidate* all = buf.candidates.data() + static_cast<size_t>(b) * T * cap;
+  // Second bounds of query b for the m selected rows s.idx of the block at r0, all at once.
+  void refine_selected(const ThreadSlots& s, int64_t b, int64_t r0, int64_t m) const {
+    refiner_.bounds(b, r0, s.idx, m, s.raw + b * kFpBlockRows, s.d12, s.d21, s.ivs);
+  }
+
+  // Admission to query b's top-k candidates: hi >= L, the k-th largest lower bound among this
+  // thread's candidates (every row whose first-pass lo exceeds L is a candidate, so no other row
+  // can raise L), and hi > the exact threshold after an exact compaction.
+  void admit_rows(const ThreadSlots& s, int64_t b, int64_t r0, int64_t nb, float hmax) const {
+    IntervalTopK& top = s.topk[b];
+    if (!(hmax > top.admit_above())) return;
+    const float* l = s.lo + b * kFpBlockRows;
+    const float* h = s.hi + b * kFpBlockRows;
+    int64_t* work = s.work_q + b * kWorkPerQuery;
+    auto exact_b = [&](int64_t row) { return exact_score(s.row_scratch, b, row); };
+    const int64_t m = isa_.select_above(h, nb, top.admit_above(), s.idx);
+    if (refine_ && m) {
+      refine_selected(s, b, r0, m);
+      work[kWorkRefined] += m;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t i = s.idx[j], row = r0 + i;
+      if (!(h[i] > top.admit_above())) continue;  // the bar rose within this block
+      if (!refine_) {
+        top.push(l[i], h[i], row, exact_b, work[kWorkRescoredTopk]);
+        continue;
+      }
+      const float lo2 = round_down(s.ivs[j].lo), hi2 = round_up(s.ivs[j].hi);
+      if (hi2 > top.admit_above())
+        top.push(std::max(lo2, l[i]), std::min(hi2, h[i]), row, exact_b, work[kWorkRescoredTopk]);
+    }
+  }
+
+  // True once this thread alone has counted rank_depth rows before positive pi: its rank then
+  // exceeds the depth whatever the other rows score, and it is reported as rank_depth + 1.
+  bool past_depth(const ThreadSlots& s, int64_t pi) const {
+    return p_.rank_depth > 0 && s.counts[pi] >= p_.rank_depth;
+  }
+
+  // Rank counts of positive pi (query b) over the block at r0: rows with lo > s_p rank before it,
+  // rows with hi < s_p after it; the band between is refined, then scored exactly (tie rule by row).
+  void rank_rows(const ThreadSlots& s, int64_t b, int64_t pi, int64_t r0, int64_t nb) const {
+    if (past_depth(s, pi)) return;
+    const float* l = s.lo + b * kFpBlockRows;
+    const float* h = s.hi + b * kFpBlockRows;
+    const float sp = out_.pos_scores[pi];
+    const int64_t p = in_.pos_ids[pi];
+    int64_t* wq = s.work_q + b * kWorkPerQuery;
+    int64_t* wp = s.work_p + pi * kWorkPerPositive;
+    s.counts[pi] += fpk_.count_above(l, nb, sp);
+    if (past_depth(s, pi)) return;
+    const int64_t m = fpk_.select_band(l, h, nb, sp, s.idx);
+    if (refine_ && m) refine_selected(s, b, r0, m);
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t i = s.idx[j], row = r0 + i;
+      if (row == p) continue;  // never ranks before itself
+      if (refine_) {
+        ++wp[kWorkPosRefined];
+        ++wq[kWorkRefined];
+        const Interval& iv = s.ivs[j];
+        if (iv.lo > static_cast<double>(sp)) {
+          ++s.counts[pi];
+          if (past_depth(s, pi)) return;
+          continue;
+        }
+        if (iv.hi < static_cast<double>(sp)) continue;
+      }
+      ++wp[kWorkPosRescored];
+      ++wq[kWorkRescoredRanks];
+      const float x = exact_score(s.row_scratch, b, row);
+      s.counts[pi] += x > sp || (x == sp && row < p);
+      if (past_depth(s, pi)) return;
+    }
+  }
+
+  // 3. Query b's candidates from the T threads (gathered in place), those below the best known L
+  // dropped, the rest scored exactly; writes the ordered top-k, padded past N (as fused_scan).
+  void gather_topk(int64_t b, float* scratch) {
+    IntervalCandidate* all = buf_.candidates.data() + static_cast<size_t>(b) * T_ * cap_;
     int64_t size = 0;
     float lower = -std::numeric_limits<float>::infinity();
-    for (int t = 0; t < T; ++t) {  // thread t's candidates move left, next to those gathered so far
-      const IntervalTopK& top = buf.topk[static_cast<size_t>(t) * B + b];
+    for (int t = 0; t < T_; ++t) {  // thread t's candidates move left, next to those gathered so far
+      const IntervalTopK& top = buf_.topk[static_cast<size_t>(t) * B_ + b];
       if (top.begin() != all + size) std::copy(top.begin(), top.begin() + top.size(), all + size);
       size += top.size();
       lower = std::max(lower, top.lower());
     }
-    if (size >= kept) {
-      std::nth_element(all, all + kept - 1, all + size,
+    if (size >= kept_) {
+      std::nth_element(all, all + kept_ - 1, all + size,
                        [](const IntervalCandidate& x, const IntervalCandidate& y) { return x.lo > y.lo; });
-      lower = std::max(lower, all[kept - 1].lo);
+      lower = std::max(lower, all[kept_ - 1].lo);
     }
     size = std::remove_if(all, all + size, [lower](const IntervalCandidate& c) { return c.hi < lower; }) - all;
     int64_t rescored = 0;
     for (int64_t i = 0; i < size; ++i)
       if (!all[i].exact) {
-        const float s = isa.flat_score_pair(exact, scratch, b, all[i].row);
+        const float s = exact_score(scratch, b, all[i].row);
         all[i] = IntervalCandidate{s, s, all[i].row, true};
         ++rescored;
       }
-    buf.work_q[b * 3 + 1] += rescored;  // thread slot 0; one b per iteration
+    buf_.work_q[b * kWorkPerQuery + kWorkRescoredTopk] += rescored;  // thread slot 0; one b per iteration
     auto before = [](const IntervalCandidate& x, const IntervalCandidate& y) {
       return ranks_before(Candidate{x.lo, x.row}, Candidate{y.lo, y.row});
     };
-    const int64_t n = std::min(kept, size);
+    const int64_t n = std::min(kept_, size), k = in_.k;
     std::partial_sort(all, all + n, all + size, before);
     for (int64_t j = 0; j < k; ++j) {
-      out.ids[b * k + j] = j < n ? all[j].row : -1;
-      out.scores[b * k + j] = j < n ? all[j].lo : -std::numeric_limits<float>::infinity();
+      out_.ids[b * k + j] = j < n ? all[j].row : -1;
+      out_.scores[b * k + j] = j < n ? all[j].lo : -std::numeric_limits<float>::infinity();
     }
   }
-  for (int64_t i = 0; i < nnz; ++i) {
-    int64_t c = 1;
-    for (int t = 0; t < T; ++t) c += buf.counts[static_cast<size_t>(t) * nnz + i];
-    out.pos_ranks[i] = c;
+
+  // 4. Ranks (the threads' counts summed, clamped at the depth) and the work counters.
+  void write_ranks_and_work() {
+    for (int64_t i = 0; i < nnz_; ++i) {
+      int64_t c = 1;
+      for (int t = 0; t < T_; ++t) c += buf_.counts[static_cast<size_t>(t) * nnz_ + i];
+      out_.pos_ranks[i] = p_.rank_depth > 0 ? std::min(c, p_.rank_depth + 1) : c;
+    }
+    sum_over_threads(buf_.work_q, B_ * kWorkPerQuery, p_.work.per_query);
+    sum_over_threads(buf_.work_p, nnz_ * kWorkPerPositive, p_.work.per_positive);
   }
-  if (stats.per_query)
-    for (int64_t j = 0; j < B * 3; ++j) {
+
+  void sum_over_threads(const std::vector<int64_t>& per_thread, int64_t n, int64_t* total) const {
+    if (!total) return;
+    for (int64_t j = 0; j < n; ++j) {
       int64_t c = 0;
-      for (int t = 0; t < T; ++t) c += buf.work_q[static_cast<size_t>(t) * B * 3 + j];
-      stats.per_query[j] = c;
+      for (int t = 0; t < T_; ++t) c += per_thread[static_cast<size_t>(t) * n + j];
+      total[j] = c;
     }
-  if (stats.per_positive)
-    for (int64_t j = 0; j < nnz * 2; ++j) {
-      int64_t c = 0;
-      for (int t = 0; t < T; ++t) c += buf.work_p[static_cast<size_t>(t) * nnz * 2 + j];
-      stats.per_positive[j] = c;
-    }
-  if (in.cutoff > 0) write_pair_weights(in, out, T);
+  }
+
+  const SearchInput& in_;
+  const TwoStageParams& p_;
+  const SearchOutput& out_;
+  const IsaKernels& isa_;
+  const FirstPassKernels& fpk_;
+  const int64_t B_, N_, nnz_, kept_, nblocks_;
+  const int T_;
+  const Refiner refiner_;
+  const bool refine_;
+  const int64_t d16_;
+  AlignedFloats qpad_;
+  const FlatView exact_;
+  const int64_t cap_;
+  std::vector<int64_t> pos_query_;
+  Buffers buf_;
+};
+
+}  // namespace
+
+void two_stage_search(const SearchInput& in, const TwoStageParams& params, const SearchOutput& out) {
+  TwoStageRun(in, params, out).run();
 }
 
 }  // namespace drfast

@@ -1,7 +1,7 @@
 // The exact two-stage flat search on the CPU: a low-precision first pass with proven bounds on
 // every (query, row) score, then exact rescoring (the exact scan's own pair scorer) of the rows
 // the bounds cannot decide. Outputs are bit-identical to flat_search. The bound's derivation is
-// in src/drfast/search/two_stage.py.
+// in src/drfast/search/first_pass.py.
 #pragma once
 #include <cstdint>
 
@@ -26,14 +26,36 @@ struct RefineView {
   const float* w2 = nullptr;         // [B] upper bound of ||c2 q8'||
 };
 
-// Work counters: per query {rows refined, rows rescored for the top-k, rows rescored for ranks},
-// per positive {rows refined, rows rescored}.
-struct TwoStageStats {
-  int64_t* per_query = nullptr;     // [B, 3]
-  int64_t* per_positive = nullptr;  // [nnz, 2]
+// Columns of the work counters (exported to Python as _C.work_columns).
+enum WorkPerQuery : int64_t {
+  kWorkRefined = 0,        // rows given the second bound
+  kWorkRescoredTopk = 1,   // exact recomputations for the top-k
+  kWorkRescoredRanks = 2,  // exact recomputations for the positives' ranks
+  kWorkPerQuery = 3,       // the number of columns
+};
+enum WorkPerPositive : int64_t {
+  kWorkPosRefined = 0,     // rows of the positive's undecided band given the second bound
+  kWorkPosRescored = 1,    // rows of the band scored exactly
+  kWorkPerPositive = 2,
 };
 
-void two_stage_search(const SearchInput& in, const FirstPassView& fp, const RefineView& refine,
-                      const SearchOutput& out, const TwoStageStats& stats);
+// Work counters: [B, kWorkPerQuery] and [nnz, kWorkPerPositive] int64 (nullptr: not wanted).
+struct TwoStageWork {
+  int64_t* per_query = nullptr;
+  int64_t* per_positive = nullptr;
+};
+
+// Everything the two-stage search takes beyond the fused search's SearchInput.
+struct TwoStageParams {
+  FirstPassView first_pass{};
+  RefineView refine{};  // refine.rcodes == nullptr: first bound only
+  TwoStageWork work{};
+  // > 0: ranks are exact up to rank_depth and rank_depth + 1 beyond; a positive stops being
+  // refined or rescored once its rows proven above it show its rank exceeds the depth.
+  // 0: full depth.
+  int64_t rank_depth = 0;
+};
+
+void two_stage_search(const SearchInput& in, const TwoStageParams& params, const SearchOutput& out);
 
 }  // namespace drfast

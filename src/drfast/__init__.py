@@ -13,7 +13,7 @@ from drfast.common.errors import UsageError, UsageTypeError
 from drfast.data import Corpus, DataFormatError, Dataset, load_beir, load_msmarco
 from drfast.encode import BiEncoder, Encoder, encode_corpus, save_encoder
 from drfast.eval import NegativeOverlapHook, error_statistics, evaluate, pairwise_errors, retrieve
-from drfast.index import FlatIndex, PQIndex, ShardedIndex, build_index, load_faiss_index, load_index
+from drfast.index import FlatIndex, Index, PQIndex, ShardedIndex, build_index, load_faiss_index, load_index
 from drfast.negatives import MiningConfig, TriSamplerConfig, mine_from_bm25, mine_from_index, trisample
 from drfast.search import (SearchResult, build_info, get_num_threads, metrics_from_ranks, set_num_threads,
                            set_simd_level, simd_level)
@@ -25,7 +25,7 @@ __all__ = [
     # errors
     "UsageError", "UsageTypeError",
     # search and indexes
-    "FlatIndex", "PQIndex", "ShardedIndex", "SearchResult", "load_index", "load_faiss_index", "build_index", "DocIdMap",
+    "Index", "FlatIndex", "PQIndex", "ShardedIndex", "SearchResult", "load_index", "load_faiss_index", "build_index", "DocIdMap",
     "set_num_threads", "get_num_threads", "set_simd_level", "simd_level", "build_info",
     # data and encoders
     "Corpus", "Dataset", "DataFormatError", "load_beir", "load_msmarco",

@@ -61,3 +61,20 @@ def test_only_fields_with_help_and_supported_types_become_flags():
     add_arguments(argparse.ArgumentParser(), Odd, ("pairs",))  # a list: strings
     with pytest.raises(TypeError, match="no command-line flag for a field of type"):
         add_arguments(argparse.ArgumentParser(), Odd, ("mapping",))
+
+
+def test_flags_added_are_returned_and_a_command_may_require_a_field():
+    p = argparse.ArgumentParser()
+    group = p.add_argument_group("settings")  # a group of a parser takes the flags as the parser does
+    flags = add_arguments(group, Settings, ("path", "count", "dedupe"), required=("count",), count=None)
+    assert flags == {"path": "--path", "count": "--count", "dedupe": "--dedupe"}
+    with pytest.raises(SystemExit):  # --count required by this command, though its field has a default
+        p.parse_args(["--path", "x"])
+    assert p.parse_args(["--path", "x", "--count", "2"]).count == 2
+
+
+def test_takes_value_tells_switches_from_valued_flags():
+    from drfast.common.dataclass_args import takes_value
+
+    assert [takes_value(Settings, name) for name in ("path", "count", "scale", "mode", "verbose", "dedupe",
+                                                     "specs")] == [True, True, True, True, False, False, True]

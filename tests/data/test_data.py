@@ -171,7 +171,8 @@ def test_duplicate_doc_id_names_both_lines(tmp_path, rng):
 @pytest.mark.parametrize("fmt", ["jsonl", "tsv", "tsv-title"])
 def test_random_access_equals_iteration_unicode(tmp_path, rng, fmt):
     n = int(rng.integers(50, 300))
-    ids = [f"{i}-{random_text(rng, 1, 4, extra='-')}".replace("\u2028", "x") for i in range(n)]
+    # ids follow the id rule (no whitespace, no control characters); the texts hold anything
+    ids = [re.sub(r"\s", "x", f"{i}-{random_text(rng, 1, 4, extra='-')}") for i in range(n)]
     if fmt == "jsonl":
         lines = [json.dumps({"_id": d, "title": random_text(rng, extra="\t\"{}"), "text": random_text(rng, 0, 200, extra="\n\r")},
                             ensure_ascii=bool(rng.random() < 0.5)) for d in ids]
@@ -335,7 +336,7 @@ def test_tevatron_errors(tmp_path, line, what):
         list(iter_training_examples(path))
 
 
-# -- the real collections (shared/data) ------------------------------------------------------------
+# -- the real collections ($DRFAST_DATA) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, split, docs, queries, judgments", [
@@ -395,3 +396,119 @@ def test_unstorable_doc_ids_are_reported_with_their_line(tmp_path, bad_id):
     path = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "ok", "text": "x"}, {"_id": bad_id, "text": "y"}])
     with pytest.raises(DataFormatError, match=r"corpus\.jsonl, line 2"):
         Corpus(path)
+
+
+# -- issue 21: ids checked once, when read; headers; empty splits; lone surrogates; split folders ------
+
+
+BAD_IDS = [("a\u0000", "a NUL character"), ("a\u0000b", "a NUL character"), ("a b", "inner whitespace"),
+           (" a", "leading whitespace"), ("a\t", "trailing whitespace"), ("a\u001bb", "a control character"),
+           ("a\u2028b", "inner whitespace"), ("a\ud800", "a lone surrogate")]
+
+
+@pytest.mark.parametrize("bad_id, problem", BAD_IDS)
+def test_bad_corpus_ids_are_refused_when_read_naming_file_and_line(tmp_path, bad_id, problem):
+    # json.dumps escapes NUL and lone surrogates as \u0000 / \ud800: valid JSON, a bad id
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "ok", "text": "x"}, {"_id": bad_id, "text": "y"}])
+    with pytest.raises(DataFormatError, match=rf"corpus\.jsonl, line 2: \"_id\" .* contains {problem}"):
+        Corpus(path)
+
+
+@pytest.mark.parametrize("bad_id, problem", [(i, p) for i, p in BAD_IDS if "\ud800" not in i and "\t" not in i])
+def test_bad_ids_in_tsv_files_are_refused_naming_file_and_line(tmp_path, bad_id, problem):
+    collection = write_lines(tmp_path / "collection.tsv", ["1\tone", f"{bad_id}\ttwo"])
+    with pytest.raises(DataFormatError, match=rf"collection\.tsv, line 2: the docid .* contains {problem}"):
+        Corpus(collection)
+    queries = write_lines(tmp_path / "queries.tsv", ["1\tone", f"{bad_id}\ttwo"])
+    with pytest.raises(DataFormatError, match=rf"queries\.tsv, line 2: the qid .* contains {problem}"):
+        load_queries(queries)
+
+
+@pytest.mark.parametrize("bad_id, problem", BAD_IDS)
+def test_bad_ids_in_queries_qrels_and_training_files_are_refused(tmp_path, bad_id, problem):
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": "x"}, {"_id": bad_id, "text": "y"}])
+    with pytest.raises(DataFormatError, match=rf"queries\.jsonl, line 2: \"_id\" .* contains {problem}"):
+        load_queries(queries)
+    training = write_jsonl(tmp_path / "train.jsonl", [{"query_id": "q", "positives": ["a"]},
+                                                      {"query_id": "q2", "positives": ["a", bad_id]}])
+    with pytest.raises(DataFormatError, match=rf"train\.jsonl, line 2: .* contains {problem}"):
+        list(iter_training_examples(training))
+    if bad_id.strip() == bad_id and "\ud800" not in bad_id and "\t" not in bad_id:  # BEIR qrels strip their cells
+        qrels = write_lines(tmp_path / "qrels.tsv", ["query-id\tcorpus-id\tscore", "q1\ta\t1", f"q1\t{bad_id}\t1"])
+        with pytest.raises(DataFormatError, match=rf"qrels\.tsv, line 3: the document id .* contains {problem}"):
+            load_qrels(qrels)
+
+
+def test_a_trailing_nul_is_not_silently_dropped_by_a_beir_load(tmp_path):
+    folder = _beir_with(tmp_path, corpus=['{"_id": "a", "text": "x"}', '{"_id": "b\\u0000", "text": "y"}'])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl, line 2: \"_id\" 'b\\x00' contains a NUL character"):
+        load_beir(folder, "test")
+
+
+@pytest.mark.parametrize("header", ["id\ttext", "docid\tpassage", "pid\ttitle\ttext", "ID\tText", "_id\ttitle\ttext"])
+def test_an_msmarco_collection_header_is_skipped(tmp_path, header):
+    cols = header.count("\t") + 1
+    rows = [f"{i}\t" + ("title\t" if cols == 3 else "") + f"passage {i}" for i in range(1, 4)]
+    path = write_lines(tmp_path / "collection.tsv", ["", header] + rows)
+    corpus = Corpus(path)
+    assert list(corpus.doc_ids) == ["1", "2", "3"] and "id" not in corpus.doc_ids
+    want = [(str(i), ("title " if cols == 3 else "") + f"passage {i}") for i in range(1, 4)]
+    assert list(corpus) == want and corpus.texts([2, 0]) == [want[2][1], want[0][1]]
+
+
+def test_a_header_only_counts_on_the_first_line(tmp_path):
+    # a document whose id and text look like column names, after the first line, is a document
+    corpus = Corpus(write_lines(tmp_path / "collection.tsv", ["7\tseven", "id\ttext"]))
+    assert list(corpus.doc_ids) == ["7", "id"]
+
+
+def test_a_queries_tsv_header_is_skipped(tmp_path):
+    path = write_lines(tmp_path / "queries.tsv", ["qid\tquery", "1\tone", "2\ttwo"])
+    assert load_queries(path) == {"1": "one", "2": "two"}
+    collection = write_lines(tmp_path / "collection.tsv", ["id\ttext", "d1\tone", "d2\ttwo"])
+    qrels = write_lines(tmp_path / "qrels.txt", ["1 0 d2 1"])
+    ds = load_msmarco(collection, path, qrels)
+    assert list(ds.corpus.doc_ids) == ["d1", "d2"] and ds.queries == {"1": "one"}
+
+
+@pytest.mark.parametrize("lines", [[], ["", "  "], ["query-id\tcorpus-id\tscore"], ["\ufeffquery-id\tcorpus-id\tscore", ""]])
+def test_empty_or_header_only_qrels_are_refused_naming_the_file(tmp_path, lines):
+    folder = _beir_with(tmp_path)
+    write_lines(folder / "qrels" / "test.tsv", lines)
+    with pytest.raises(DataFormatError, match=r"qrels/test\.tsv: holds no judgments") as info:
+        load_beir(folder, "test")
+    assert info.value.lineno is None
+
+
+@pytest.mark.parametrize("where, file", [("title", "corpus.jsonl"), ("text", "corpus.jsonl"), ("query", "queries.jsonl")])
+def test_a_lone_surrogate_in_a_text_is_refused_naming_file_and_line(tmp_path, where, file):
+    docs = ['{"_id": "a", "text": "x"}', '{"_id": "b", "title": "t", "text": "y"}']
+    queries = ['{"_id": "q1", "text": "fine \\ud83d\\ude00"}', '{"_id": "q2", "text": "z"}']  # a pair is fine
+    if where == "query":
+        queries[1] = '{"_id": "q2", "text": "bad \\udc00 query"}'
+    else:
+        docs[1] = docs[1].replace('"t"' if where == "title" else '"y"', '"bad \\ud800"')
+    folder = _beir_with(tmp_path, corpus=docs, queries=queries)
+    with pytest.raises(DataFormatError, match=rf"{file}, line 2: .* holds a lone surrogate \(U\+D[8C]00"):
+        load_beir(folder, "test")
+
+
+def test_a_lone_surrogate_in_a_training_file_is_refused(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", ['{"query_id": "q", "query": "ok", "positives": ["a"]}',
+                                                  '{"query_id": "q2", "query": "\\ud800", "positives": ["a"]}'])
+    with pytest.raises(DataFormatError, match=r"train\.jsonl, line 2: \"query\" holds a lone surrogate"):
+        list(iter_training_examples(path))
+    path = write_lines(tmp_path / "t2.jsonl", ['{"positive_passages": [{"docid": "a", "text": "\\udfff"}]}'])
+    with pytest.raises(DataFormatError, match=r"t2\.jsonl, line 1: \"text\" holds a lone surrogate"):
+        list(iter_training_examples(path))
+
+
+def test_a_qrels_split_that_is_a_folder_is_called_a_folder(tmp_path, rng):
+    random_beir(rng, tmp_path / "beir")
+    (tmp_path / "beir" / "qrels" / "test.tsv").unlink()
+    (tmp_path / "beir" / "qrels" / "test.tsv").mkdir()
+    assert beir_splits(tmp_path / "beir") == ["train"]  # a folder is no split
+    with pytest.raises(FileNotFoundError, match=r"test\.tsv: is a folder, not a qrels file.*available splits: train\)"):
+        load_beir(tmp_path / "beir", "test")
+    with pytest.raises(FileNotFoundError, match=r"no split 'dev' .* available splits: train$"):
+        load_beir(tmp_path / "beir", "dev")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -169,6 +170,44 @@ def test_numpy_scalars_and_empty_run_accepted():
         evaluate({}, {})
     with pytest.raises(ValueError, match="NaN"):
         evaluate({"q": {"a": float("nan")}}, qrels)
+
+
+@pytest.mark.parametrize("grade", [0.5, 1.5, 0.9999, -0.5, float("nan"), float("inf"), np.float32(2.5)])
+def test_a_fractional_grade_is_refused_not_truncated(grade):
+    """int(0.5) is 0: a relevant document would silently count as non-relevant (issue 21, item 9)."""
+    with pytest.raises(ValueError, match=r"^qrels: query 'q', document 'a': grade .* not a whole number") as info:
+        evaluate({"q": {"a": 1.0}}, {"q": {"a": grade}})
+    assert info.value.param == "qrels"
+
+
+def test_whole_grades_of_any_numeric_type_evaluate_like_ints():
+    run = {"q": {"a": 2.0, "b": 1.0, "c": 0.5}}
+    want = evaluate(run, {"q": {"a": 0, "b": 2, "c": 1}})
+    for grades in ({"a": 0.0, "b": 2.0, "c": 1.0}, {"a": np.int8(0), "b": np.float64(2.0), "c": np.uint16(1)},
+                   {"a": False, "b": 2, "c": True}):
+        assert evaluate(run, {"q": grades}) == want
+
+
+def test_grades_outside_the_loader_range_or_not_numbers_are_refused():
+    from drfast.data.loaders import MAX_GRADE
+
+    with pytest.raises(ValueError, match=rf"^qrels: .*grade {MAX_GRADE + 1} is outside"):
+        evaluate({}, {"q": {"a": MAX_GRADE + 1}})
+    assert evaluate({"q": {"a": 1.0}}, {"q": {"a": MAX_GRADE}})["MRR@10"] == 1.0
+    with pytest.raises(TypeError, match=r"^qrels: query 'q', document 'a': the grade is a str"):
+        evaluate({}, {"q": {"a": "1"}})
+
+
+def test_read_run_bom_crlf_and_errors_name_the_line(tmp_path):
+    (tmp_path / "r").write_bytes(b"\xef\xbb\xbfq1 Q0 a 1 0.5 t\r\n\r\nq1 Q0 b 2 0.25 t\r\n")
+    assert read_trec_run(tmp_path / "r") == {"q1": {"a": 0.5, "b": 0.25}}  # no BOM in the first qid
+    for body, line, what in ((b"q Q0 a 1 0.5 t\nq Q0 b 2 x t\n", 2, "expected a number as the score, got 'x'"),
+                             (b"q Q0 a 1 0.5 t\nq Q0 b\x00 2 1 t\n", 2, "docid 'b\\x00' contains a NUL"),
+                             (b"q Q0 a 1 0.5 t\nq Q0 \xff 2 1 t\n", 2, "expected UTF-8"),
+                             (b"q Q0 a 1 0.5\n", 1, "expected 'qid Q0 docid rank score tag'")):
+        (tmp_path / "bad").write_bytes(body)
+        with pytest.raises(ValueError, match=rf"bad, line {line}: {re.escape(what)}"):
+            read_trec_run(tmp_path / "bad")
 
 
 # ------------------------------------------------------------------------------------------ run files

@@ -196,3 +196,17 @@ def test_codes_and_centroids_changed_after_construction_are_checked(rng, backend
         idx.centroids[0, int(codes[0, 0]), 0] = float("nan")  # row 0 would silently drop out of the top-k
     with pytest.raises(ValueError, match="^index.centroids: the lookup tables"):
         idx.search(queries, k=5, backend=backend)
+
+
+@pytest.mark.parametrize("n, d, max_train, param", [
+    (300, 384, 65536, "emb"),      # the probe's case: faiss aborted (heap overflow in OPQMatrix::train)
+    (271, 272, 65536, "emb"),      # one row short
+    (600, 384, 300, "max_train"),  # enough rows, too few of them sampled for training
+])
+def test_opq_with_fewer_training_rows_than_dimensions_is_refused_before_faiss(n, d, max_train, param):
+    """faiss's OPQMatrix::train needs n >= d training rows (its [n, d] buffer receives a [d, d] product);
+    fewer must give a UsageError saying how many, not a SIGABRT inside faiss."""
+    emb = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    with pytest.raises(drfast.UsageError, match=rf"at least as many rows as dimensions \({d}\)") as info:
+        drfast.PQIndex.train(emb, m=8, opq=True, max_train=max_train)
+    assert info.value.param == param

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import drfast
-from drfast.search import dispatch
+from drfast.search import fused as dispatch
+from drfast.search.validate import check_positives
 
 pytestmark = pytest.mark.filterwarnings("ignore:PQ codebooks trained on")
 from drfast.search.torch_path import pair_weights
@@ -176,7 +177,7 @@ def test_sharded_matches_one_index(world, rng):
                     _same(got[f], getattr(ref, f), f"{where}: {f}")
             _same(got["recon"], full.reconstruct(case["recon"][rank]).detach().numpy(), f"{where}: reconstruct")
     errors = [r["_error"] for r in per_rank]
-    assert errors[-1].startswith("ValueError: k:"), errors
+    assert errors[-1].startswith("UsageError: k:"), errors
     assert all(e.startswith("RuntimeError: search: argument checking failed on rank(s)") for e in errors[:-1]), errors
 
 
@@ -214,7 +215,7 @@ def test_given_scores_split_in_two(kind, rng):
         full = drfast.FlatIndex(e)
         halves = [drfast.FlatIndex(e[:140], first_pass=fp), drfast.FlatIndex(e[140:], first_pass=fp)]
     ref = full.search(q, k=N, positives=positives, backend=backend)
-    off, ids = dispatch.check_positives(positives, B, N)
+    off, ids = check_positives(positives, B, N)
     counts, owner_scores = np.zeros(ids.shape[0], np.int64), np.full(ids.shape[0], np.nan, np.float32)
     qt = torch.from_numpy(q)
     for lo, h in zip((0, 140), halves):
@@ -230,7 +231,7 @@ def test_given_scores_split_in_two(kind, rng):
     for lo, h in zip((0, 140), halves):
         if kind.startswith("pq"):
             res = dispatch.pq_search(q, h, h.ntotal, (off, ids - lo), None, backend, None, owner_scores)
-        elif h.first_pass:
+        elif h.first_pass_kind:
             res, _ = dispatch_two_stage(q, h, (off, ids - lo), owner_scores)
         else:
             res = dispatch.flat_search(q, h.emb, h.ntotal, (off, ids - lo), None, backend, None, owner_scores)
@@ -242,7 +243,7 @@ def test_given_scores_split_in_two(kind, rng):
 def dispatch_two_stage(q, h, positives, given):
     from drfast.search.two_stage import two_stage_search
 
-    return two_stage_search(q, h.emb, h._first_pass, h.ntotal, positives, None, None, None, given)
+    return two_stage_search(q, h.emb, h.first_pass_data, h.ntotal, positives, None, None, None, given)
 
 
 def test_given_scores_validation(rng):

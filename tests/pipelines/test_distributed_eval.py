@@ -22,7 +22,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:PQ codebooks trained on")
 WORLD = 2
 # 30 test queries in batches of 7: 5 batches, 3 on rank 0 and 2 on rank 1 (an empty search on rank 1)
 EVAL_ARGS = ["--query-batch-size", "7", "--k", "20", "--dtype", "float32"]
-ERRORS = dict(query_batch_size=3, chunk_size=7, k=20, dtype="float32", plot=False)  # 5 chunks: 3 rounds
+ERRORS = dict(chunk_size=7, plot=False)  # 5 chunks: 3 rounds
+
+
+def run_errors(data, model, output, index, cache, dist=None):
+    """run_errors of the ERRORS settings: k=20, 3 queries a batch, float32 embeddings."""
+    from drfast.pipelines import errors
+    from drfast.pipelines.specs import CorpusSpec, EncoderSpec, IndexSpec, SearchSpec
+
+    return errors.run_errors(CorpusSpec(data, cache=cache, dtype="float32"), EncoderSpec(model), output,
+                             IndexSpec(index), SearchSpec(k=20, query_batch_size=3), dist=dist, **ERRORS)
 
 
 def _single_thread():
@@ -79,7 +88,6 @@ def _worker(rank, init_file, case, out_dir):
 
     from drfast.cli import main
     from drfast.common.distributed import current
-    from drfast.pipelines.errors import run_errors
 
     _single_thread()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -92,8 +100,8 @@ def _worker(rank, init_file, case, out_dir):
             results[f"evaluate_{name}"] = main(["evaluate", *common, *extra, "--output", f"{case['out']}/eval_{name}"])
         results["search"] = main(["search", *common, "--index", "pq:4", "--output", f"{case['out']}/search"])
         for name, spec in (("flat", "flat"), ("pq", "pq:4")):
-            report = run_errors(case["data"], case["model"], f"{case['out']}/errors_{name}", index_spec=spec,
-                                cache_dir=case["cache_eval"], dist=current(), **ERRORS)
+            report = run_errors(case["data"], case["model"], f"{case['out']}/errors_{name}", spec,
+                                case["cache_eval"], dist=current())
             results[f"errors_{name}"] = None if report is None else report["summary"]
     except Exception:  # noqa: BLE001 (reported to the parent)
         results["traceback"] = traceback.format_exc()
@@ -114,7 +122,6 @@ def runs(tmp_path_factory):
     from drfast.data import Corpus
     from drfast.encode.corpus_cache import encode_corpus
     from drfast.encode.encoders import Encoder
-    from drfast.pipelines.errors import run_errors
 
     root = tmp_path_factory.mktemp("dist")
     model = make_tiny_hf_folder(root / "model")
@@ -134,7 +141,7 @@ def runs(tmp_path_factory):
             assert main(["evaluate", *common, *extra, "--output", str(one / f"eval_{name}")]) == 0
         assert main(["search", *common, "--index", "pq:4", "--output", str(one / "search")]) == 0
         for name, spec in (("flat", "flat"), ("pq", "pq:4")):
-            run_errors(data, model, one / f"errors_{name}", index_spec=spec, cache_dir=one / "cache_eval", **ERRORS)
+            run_errors(data, model, one / f"errors_{name}", spec, one / "cache_eval")
     finally:
         torch.set_num_threads(threads)
     case = dict(model=model, data=data, saved=saved, out=str(two), cache_enc=str(two / "cache_enc"),

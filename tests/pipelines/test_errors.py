@@ -9,7 +9,14 @@ from drfast.eval import error_stats as stats
 from drfast.eval.plots import plot_errors
 from drfast.pipelines import errors as error_report
 from drfast.cli import main
+from drfast.pipelines.specs import CorpusSpec, EncoderSpec, IndexSpec, SearchSpec
 from reference import integer_embeddings, random_positives, reference_pairwise_errors, reference_search
+
+
+def run_errors(data, model, output, cache=None, index="flat", k=200, **kwargs):
+    """error_report.run_errors of a BEIR folder and a model, on the test split."""
+    return error_report.run_errors(CorpusSpec(data, cache=cache), EncoderSpec(model), output, IndexSpec(index),
+                                   SearchSpec(k=k), **kwargs)
 
 
 def test_exact_positive_ranks_match_reference_across_batches(rng):
@@ -87,10 +94,9 @@ def test_interrupted_run_resumes_from_saved_chunks(tiny, monkeypatch):
 
     monkeypatch.setattr(error_report, "exact_positive_ranks", failing_after_one_chunk)
     with pytest.raises(KeyboardInterrupt):
-        error_report.run_errors(tiny["data"], tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
+        run_errors(tiny["data"], tiny["model"], out, tiny["cache"], chunk_size=8, plot=False)
     assert len(list(out.glob(".ranks-*/chunk_*.npy"))) == 1
-    report = error_report.run_errors(tiny["data"], tiny["model"], out, split="test", cache_dir=tiny["cache"],
-                                     chunk_size=8, plot=False)
+    report = run_errors(tiny["data"], tiny["model"], out, tiny["cache"], chunk_size=8, plot=False)
     chunks = -(-report["summary"]["queries"] // 8)
     assert len(calls) == 2 + chunks - 1  # the resumed run computed every chunk but the saved one
     assert report["per_query"] == brute_force_errors(tiny, 200)
@@ -116,7 +122,7 @@ def test_changed_qrels_do_not_reuse_saved_chunks(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(error_report, "exact_positive_ranks", counting)
     with pytest.raises(KeyboardInterrupt):  # the first chunk (queries 0-7) is saved
-        error_report.run_errors(data, tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
+        run_errors(data, tiny["model"], out, tiny["cache"], chunk_size=8, plot=False)
     before = brute_force_errors(copy, 200)
     # Another positive for the first query (same query ids and texts, same corpus).
     split = load_beir(data, "test")
@@ -127,7 +133,7 @@ def test_changed_qrels_do_not_reuse_saved_chunks(tiny, tmp_path, monkeypatch):
     qrels.write_text(qrels.read_text().replace(f"{first}\t{old}\t", f"{first}\t{new}\t"))
     after = brute_force_errors(copy, 200)
     assert after[first] != before[first]
-    report = error_report.run_errors(data, tiny["model"], out, cache_dir=tiny["cache"], chunk_size=8, plot=False)
+    report = run_errors(data, tiny["model"], out, tiny["cache"], chunk_size=8, plot=False)
     assert len(calls) == 2 + -(-report["summary"]["queries"] // 8)  # every chunk computed again
     assert report["per_query"] == after
     assert not list(out.glob(".ranks-*")), "the stale chunks are removed too"
@@ -139,7 +145,7 @@ def test_plot_of_an_empty_summary(tmp_path):
 
 
 def test_bad_arguments_fail_before_encoding(tiny):
-    with pytest.raises(ValueError, match="index_spec: expected 'flat', 'pq:M'"):
-        error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", index_spec="ivf")
+    with pytest.raises(ValueError, match="index: expected 'flat', 'pq:M'"):
+        run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", index="ivf")
     with pytest.raises(ValueError, match="k: must be >= 1"):
-        error_report.run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", k=0)
+        run_errors(tiny["data"], tiny["model"], tiny["root"] / "x", k=0)

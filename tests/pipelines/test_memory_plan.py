@@ -12,9 +12,14 @@ from drfast.cli import main
 from drfast.common.doc_ids import DocIdMap
 from drfast.common.sizes import format_bytes, parse_count, parse_size
 from drfast.pipelines import memory_plan as mp
-from drfast.pipelines.memory_plan import PLACES, plan_memory
-from drfast.search.two_stage import build_first_pass
+from drfast.pipelines.memory_plan import PLACES, PlannedRun
+from drfast.search.first_pass import build_first_pass
 from drfast.train.adore import AdoreConfig, adore_batch_loss, to_device
+
+def plan_memory(gpu_memory=None, host_memory=None, threads=None, **run):
+    """mp.plan_memory of a PlannedRun of `run`, on the machine given."""
+    return mp.plan_memory(PlannedRun(**run), gpu_memory=gpu_memory, host_memory=host_memory, threads=threads)
+
 
 MSMARCO = dict(docs=8_841_823, dim=768, model="roberta-base", batch_size=32, gpu_memory="11GB", host_memory="24GB")
 
@@ -192,6 +197,7 @@ def test_cli_json_agrees_with_plan_memory(capsys):
 
 @pytest.mark.parametrize("flags,flag", [(["--gpu-memory", "11XB"], "--gpu-memory"),
                                         (["--host-memory", "lots"], "--host-memory"),
+                                        (["--gpu-memory", "-11GB"], "--gpu-memory"),  # not "expected one argument"
                                         (["--model-params", "big"], "--model-params"),
                                         (["--index", "pq:7"], "--index"),
                                         (["--model-params", "125M", "--model", "roberta-base"], "--model")])
@@ -204,33 +210,34 @@ def test_cli_bad_values_name_the_flag(capsys, flags, flag):
     assert err.startswith(f"drfast plan: error: {flag}: ") and "Traceback" not in err
 
 
-def test_adore_plan_refuses_what_does_not_fit_unless_ignored(capsys):
-    config = AdoreConfig()
+def test_adore_plan_refuses_what_does_not_fit_unless_ignored():
+    huge = PlannedRun.of_adore(AdoreConfig(), docs=10**12, dim=768, model="roberta-base")
+    assert (huge.batch_size, huge.k, huge.amp) == (AdoreConfig().batch_size, AdoreConfig().k, AdoreConfig().amp)
     with pytest.raises(ValueError, match="^memory plan: the run does not fit"):
-        mp.plan_adore_run(docs=10**12, dim=768, index="flat", first_pass=None, model="roberta-base", config=config,
-                          device="cpu")
-    plan = mp.plan_adore_run(docs=10**12, dim=768, index="flat", first_pass=None, model="roberta-base",
-                             config=config, device="cpu", ignore_plan=True)
+        mp.plan_adore_run(huge, device="cpu")
+    plan = mp.plan_adore_run(huge, device="cpu", ignore_plan=True)
     assert not plan.fits and plan.placement["name"] == "host"
-    assert "DOES NOT FIT" in capsys.readouterr().out
-    assert mp.plan_adore_run(docs=10, dim=8, index="flat", first_pass=None, model="no/such-model-xyz",
-                             config=config, device="cpu") is None
+    assert "DOES NOT FIT" in plan.table()
+    unknown = PlannedRun.of_adore(AdoreConfig(), docs=10, dim=8, model="no/such-model-xyz")
+    assert mp.plan_adore_run(unknown, device="cpu") is None
 
 
-def test_adore_writes_the_plan_into_metrics(tmp_path, capsys):
+def test_adore_writes_the_plan_into_metrics(tmp_path, caplog):
     from tiny import make_tiny_beir, make_tiny_hf_folder
 
     from drfast.pipelines.adore import run_adore
+    from drfast.pipelines.specs import CorpusSpec, EncoderSpec, OutputSpec, PlacementSpec
 
     model = make_tiny_hf_folder(tmp_path / "model")
     data = make_tiny_beir(tmp_path / "beir", np.random.default_rng(0), n_docs=80)
-    report = run_adore(data, model, tmp_path / "out", config=AdoreConfig(epochs=1, k=20, batch_size=4),
-                       cache_dir=tmp_path / "cache", device="cpu")
+    caplog.set_level("INFO", logger="drfast")
+    report = run_adore(CorpusSpec(data, cache=tmp_path / "cache"), EncoderSpec(model), OutputSpec(tmp_path / "out"),
+                       config=AdoreConfig(epochs=1, k=20, batch_size=4), placement=PlacementSpec(device="cpu"))
     plan = report["memory_plan"]
     assert plan["fits"] is True and plan["placement"]["name"] == "host"
     assert any(p["name"].startswith("exact rows") and p["bytes"] == 80 * 32 * 2 for p in plan["parts"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["memory_plan"] == plan
-    assert "verdict: FITS" in capsys.readouterr().out
+    assert "verdict: FITS" in caplog.text  # the plan is logged before the model is loaded
 
 
 def test_to_device_is_a_no_op_on_the_same_device_and_keeps_grad():
@@ -269,3 +276,210 @@ def test_mixed_placement_index_on_host_encoder_on_gpu(rng, kind):
     assert info_gpu["mrr10"] == info_cpu["mrr10"]
     torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q_gpu.grad.cpu(), q_cpu.grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- the first pass on the GPU, the exact rows on the host ("gpu-first-pass"), and first_pass="auto" ----
+import types  # noqa: E402
+import weakref  # noqa: E402
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+from drfast.search import first_pass as fp_mod  # noqa: E402
+
+MSMARCO_ROBERTA = dict(docs=8_841_823, dim=768, model="roberta-base", batch_size=32, index="flat",
+                       host_memory="64GB")
+ENCODER_ON_GPU = ("query encoder weights", "gradients", "AdamW state", "activations", "CUDA context")
+
+
+@pytest.mark.parametrize("spec", ["int8-lean", "auto"])
+def test_msmarco_roberta_base_runs_its_first_pass_on_an_11gib_gpu(spec):
+    plan = plan_memory(**MSMARCO_ROBERTA, first_pass=spec, gpu_memory="11GiB")
+    assert plan.fits and plan.placement["name"] == "gpu-first-pass"
+    assert plan.placement["first_pass"] == "gpu" and plan.placement["exact_rows"] == "memory-mapped file"
+    assert plan.placement["first_pass_spec"] == "int8-lean"  # "auto": the full int8 copy (13.9 GB) cannot fit
+    copy = part(plan, "first-pass copy")
+    assert copy.where == "gpu" and copy.bytes == 8_841_823 * (768 + 16)  # codes + 3 float32 stats + int32 sum
+    assert part(plan, "exact rows").where == "memory-mapped file"
+    buffers = part(plan, "placed search buffers")
+    assert buffers.where == "gpu"
+    assert buffers.bytes == mp.placed_search_bytes(32, 32, 200, 8_841_823, 768, "int8", False)
+    encoder = sum(part(plan, name).bytes for name in ENCODER_ON_GPU)
+    on_gpu = [copy, buffers, part(plan, "search results on the GPU"), part(plan, "rows, ids and weights on the GPU")]
+    assert plan.totals["gpu"] == encoder + sum(p.bytes for p in on_gpu)
+    assert plan.totals["host"] < 2e9 and plan.rows_cached  # 13.6 GB of rows stay cached in 64 GB
+    assert "first pass and bounds on the GPU" in plan.table()
+
+
+def test_msmarco_on_11gb_falls_back_to_mixed_and_says_what_the_first_pass_on_the_gpu_needs():
+    placed = plan_memory(**MSMARCO_ROBERTA, first_pass="int8-lean", gpu_memory="11GiB")
+    plan = plan_memory(**MSMARCO_ROBERTA, first_pass="int8-lean", gpu_memory="11GB")
+    assert placed.totals["gpu"] > plan.usable["gpu"]  # 10.86 GB > 10.45 GB usable of 11 GB
+    assert plan.fits and plan.placement["name"] == "mixed"
+    note = next(n for n in plan.notes if n.startswith("gpu-first-pass"))
+    assert format_bytes(placed.totals["gpu"]) in note and format_bytes(plan.usable["gpu"]) in note
+    smaller = plan_memory(**{**MSMARCO_ROBERTA, "batch_size": 16}, first_pass="int8-lean", gpu_memory="11GB")
+    assert smaller.fits and smaller.placement["name"] == "gpu-first-pass"
+    assert not any(n.startswith("gpu-first-pass") for n in smaller.notes)
+
+
+def test_full_int8_copy_goes_to_the_gpu_when_it_fits_and_all_on_the_gpu_is_tried_first(monkeypatch):
+    monkeypatch.setattr(mp, "resolve_auto", lambda: "int8")  # else "gpu" would run the exact scan there
+    for spec in ("int8", "auto"):  # 24 GB: rows + copy (27.5 GB) do not fit, the copy alone (13.9 GB) does
+        plan = plan_memory(**MSMARCO_ROBERTA, first_pass=spec, gpu_memory="24GB")
+        assert plan.placement["name"] == "gpu-first-pass" and plan.placement["first_pass_spec"] == "int8"
+        assert part(plan, "first-pass copy").bytes == mp.first_pass_bytes(8_841_823, 768, "int8", True)
+    everything = plan_memory(**MSMARCO_ROBERTA, first_pass="int8-lean", gpu_memory="40GB")
+    assert everything.placement["name"] == "gpu" and part(everything, "exact rows").where == "gpu"
+
+
+def test_placed_first_pass_bytes_are_those_of_a_placed_copy(rng):
+    for spec in ("int8", "int8-lean", "bf16"):
+        index = drfast.FlatIndex(rng.standard_normal((50, 96)).astype(np.float16), first_pass=spec,
+                                 first_pass_device="cpu")
+        assert isinstance(index.first_pass_data.codes, torch.Tensor)  # the placed copy: tensors on the device
+        kind = "bf16" if spec == "bf16" else "int8"
+        assert mp.first_pass_bytes(50, 96, kind, spec == "int8") == index.first_pass_bytes, spec
+
+
+class LiveBytes(TorchDispatchMode):
+    """The peak bytes of the CPU storages torch ops create while active (a storage is freed when the
+    last tensor made by an op on it dies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.peak = 0
+        self.live = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.untyped_storage().data_ptr() == 0:
+                continue
+            key = t.untyped_storage().data_ptr()
+            if key not in self.live:
+                self.live[key] = [t.untyped_storage().nbytes(), 0]
+                self.now += self.live[key][0]
+                self.peak = max(self.peak, self.now)
+            self.live[key][1] += 1
+            weakref.finalize(t, self._drop, key)
+        return out
+
+    def _drop(self, key):
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.live[key]
+
+
+@pytest.mark.parametrize("spec", ["int8-lean", "int8"])
+def test_placed_search_bytes_bound_what_the_placed_search_allocates(rng, spec):
+    # The same torch ops run on the CPU as on a GPU: what they allocate per chunk is what the plan sizes.
+    N, d, B, k, chunk = 10_001, 128, 32, 200, 2048
+    index = drfast.FlatIndex(rng.standard_normal((N, d)).astype(np.float16), first_pass=spec, first_pass_device="cpu")
+    queries = rng.standard_normal((B, d)).astype(np.float32)
+    positives = [[int(r)] for r in rng.integers(0, N, B)]
+    with LiveBytes() as live:
+        index.search(queries, k=k, positives=positives, cutoff=10, chunk_rows=chunk, backend="torch")
+    planned = mp.placed_search_bytes(B, B, k, N, d, "int8", spec == "int8", chunk)
+    assert live.peak <= planned <= 2 * live.peak, (live.peak, planned)
+
+
+@pytest.mark.gpu
+def test_placed_search_bytes_bound_the_gpu_peak(rng):
+    N, d, B, k = 600_001, 128, 32, 200
+    index = drfast.FlatIndex(rng.standard_normal((N, d)).astype(np.float16), first_pass="int8-lean",
+                             first_pass_device="cuda")
+    queries = rng.standard_normal((B, d)).astype(np.float32)
+    positives = [[int(r)] for r in rng.integers(0, N, B)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    index.search(queries, k=k, positives=positives, cutoff=10)
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak <= mp.placed_search_bytes(B, B, k, N, d, "int8", False), peak
+
+
+def test_amp_keeps_16_bit_copies_of_the_weights():
+    fp32 = plan_memory(**MSMARCO_ROBERTA, first_pass="int8-lean", gpu_memory="11GiB")
+    bf16 = plan_memory(**MSMARCO_ROBERTA, first_pass="int8-lean", gpu_memory="11GiB", amp="bf16")
+    assert part(bf16, "16-bit copies of the weights").bytes == 2 * fp32.inputs["params"]
+    assert not any(p.name.startswith("16-bit") for p in fp32.parts)
+
+
+def test_auto_drops_the_refinement_codes_when_the_rows_would_not_stay_cached(monkeypatch):
+    monkeypatch.setattr(mp, "resolve_auto", lambda: "int8")  # a CPU with AVX-512 VNNI
+    run = dict(docs=8_841_823, dim=768, model_params="22.7M", index="flat", first_pass="auto")
+    for gpu in (0, "11GB"):  # the search on the CPU: host, or mixed (the GPU too small for the first pass)
+        small = plan_memory(**run, gpu_memory=gpu, host_memory="24GB", batch_size=256)
+        assert small.placement["first_pass_spec"] == "int8-lean" and small.rows_cached, gpu
+        assert small.placement["name"] in ("host", "mixed") and small.placement["first_pass"] == "host"
+        large = plan_memory(**run, gpu_memory=gpu, host_memory="64GB", batch_size=256)
+        assert large.placement["first_pass_spec"] == "int8" and large.rows_cached
+    # int8 with its refinement codes asked for explicitly on 24 GB: it fits, but the plan warns
+    explicit = plan_memory(**{**run, "first_pass": "int8"}, gpu_memory=0, host_memory="24GB")
+    assert explicit.fits and not explicit.rows_cached and not explicit.to_dict()["rows_cached"]
+    warning = next(n for n in explicit.notes if n.startswith("warning: the memory-mapped exact rows"))
+    assert "8.9 s" in warning and "1.93 s" in warning and "3.0 s" in warning
+    assert "note: warning: the memory-mapped" in explicit.table()
+
+
+def test_resolve_auto_spec_sizes_the_copy_against_the_memory(monkeypatch):
+    N, d, rows = 8_841_823, 768, 8_841_823 * 768 * 2
+    assert fp_mod.resolve_auto_spec(N, d, rows, "cuda", memory=parse_size("11GB")) == "int8-lean"
+    assert fp_mod.resolve_auto_spec(N, d, rows, "cuda", memory=parse_size("24GB")) == "int8"  # 13.9 GB copy
+    monkeypatch.setattr(fp_mod, "resolve_auto", lambda: "int8")
+    assert fp_mod.resolve_auto_spec(N, d, rows, memory=parse_size("24GB")) == "int8-lean"  # 13.6 + 13.9 GB
+    assert fp_mod.resolve_auto_spec(N, d, 0, memory=parse_size("24GB")) == "int8"  # rows already in RAM
+    monkeypatch.setattr(fp_mod, "resolve_auto", lambda: None)
+    assert fp_mod.resolve_auto_spec(N, d, rows, memory=parse_size("24GB")) is None
+
+
+def test_flat_index_auto_counts_memory_mapped_rows_in_the_page_cache(tmp_path, rng, monkeypatch):
+    emb = rng.standard_normal((1000, 64)).astype(np.float16)  # rows 128 kB, full int8 copy 168 kB
+    np.save(tmp_path / "emb.npy", emb)
+    mapped = np.load(tmp_path / "emb.npy", mmap_mode="r")
+    monkeypatch.setattr(fp_mod, "resolve_auto", lambda: "int8")
+    monkeypatch.setattr(fp_mod, "detect_host_memory", lambda: 250_000)  # 237.5 kB usable
+    assert not drfast.FlatIndex(mapped, first_pass="auto").first_pass_data.refine  # 128 + 168 kB > usable
+    assert drfast.FlatIndex(emb, first_pass="auto").first_pass_data.refine  # 168 kB <= usable
+    monkeypatch.setattr(fp_mod, "detect_host_memory", lambda: 10**9)
+    assert drfast.FlatIndex(mapped, first_pass="auto").first_pass_data.refine
+
+
+def test_place_for_plan_moves_only_the_first_pass_for_gpu_first_pass(rng):
+    emb = rng.standard_normal((3000, 32)).astype(np.float16)
+    index = drfast.FlatIndex(emb, first_pass="int8-lean")
+    placed = mp.place_for_plan(index, "cpu", types.SimpleNamespace(placement={"name": "gpu-first-pass"}))
+    assert placed.emb is index.emb and placed.first_pass_rows_print == index.first_pass_rows_print
+    assert isinstance(placed.first_pass_data.codes, torch.Tensor) and not placed.first_pass_data.refine
+    q = rng.standard_normal((4, 32)).astype(np.float32)
+    want, got = (i.search(q, k=20, positives=[[1], [2, 3], [4], [5]], cutoff=10) for i in (index, placed))
+    for name in ("ids", "scores", "pos_ranks", "pair_weights"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in ("mixed", "host"):
+        assert mp.place_for_plan(index, "cpu", types.SimpleNamespace(placement={"name": name})) is index
+    moved = mp.place_for_plan(index, "cpu", None)  # no plan: all of it on the encoder's device
+    assert moved is not index and moved.device == torch.device("cpu")
+    no_copy = drfast.FlatIndex(emb)
+    assert mp.place_for_plan(no_copy, "cpu", types.SimpleNamespace(placement={"name": "gpu-first-pass"})) is no_copy
+
+
+def test_adore_builds_auto_as_the_plan_resolved_it():
+    placed = plan_memory(**MSMARCO_ROBERTA, first_pass="auto", gpu_memory="11GiB")
+    assert mp.planned_first_pass("auto", placed) == "int8-lean"
+    assert mp.planned_first_pass("int8", placed) == "int8" and mp.planned_first_pass("auto", None) == "auto"
+    no_gpu = plan_memory(**MSMARCO_ROBERTA, first_pass="auto", gpu_memory=0)
+    assert mp.planned_first_pass("auto", no_gpu) == (no_gpu.placement["first_pass_spec"] or "none")
+
+
+@pytest.mark.parametrize("spec", ["int8-lean", "auto"])
+def test_cli_plan_puts_the_first_pass_on_the_gpu(capsys, spec):
+    argv = ["plan", "--docs", "8841823", "--dim", "768", "--model", "roberta-base", "--index", "flat",
+            "--first-pass", spec, "--gpu-memory", "11GiB", "--host-memory", "64GB", "--batch-size", "32", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["placement"]["name"] == "gpu-first-pass" and out["placement"]["first_pass_spec"] == "int8-lean"
+    plan = plan_memory(**MSMARCO_ROBERTA, first_pass=spec, gpu_memory="11GiB")
+    assert out == json.loads(plan.to_json())

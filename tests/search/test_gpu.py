@@ -62,3 +62,16 @@ def test_gpu_pq_bit_identical_to_native(rng, backend, B, N, m, k):
                                                               positives=positives, cutoff=10, backend=backend)
     assert gpu.ids.is_cuda
     assert_identical(gpu, native)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("first_pass", [None, "int8"])
+def test_gpu_rank_depth_clamps_like_native(rng, backend, first_pass):
+    docs = integer_embeddings(rng, (20_000, 48), np.float32)
+    queries = integer_embeddings(rng, (8, 48), np.float32)
+    positives = random_positives(rng, 8, 20_000, max_per_query=4)
+    native = drfast.FlatIndex(docs).search(queries, k=20, positives=positives, cutoff=10, rank_depth=30)
+    gpu = drfast.FlatIndex(docs, first_pass=first_pass).to("cuda").search(
+        torch.from_numpy(queries).cuda(), k=20, positives=positives, cutoff=10, backend=backend, rank_depth=30)
+    assert_identical(gpu, native)
+    assert gpu.rank_depth == 30 and int(gpu.pos_ranks.max()) <= 31

@@ -59,7 +59,7 @@ def test_allocation_failure_is_a_memory_error_not_a_crash(case):
     assert out.returncode == 0, f"the process died ({out.returncode}):\n{out.stderr[-2000:]}"
     assert "terminate called" not in out.stderr
     if case == "absurd k":
-        assert out.stdout.startswith("ValueError: k: must be <= N + 65536"), out.stdout
+        assert out.stdout.startswith("UsageError: k: must be <= N + 65536"), out.stdout
     else:
         assert out.stdout.startswith("MemoryError: search: out of memory for B="), out.stdout + out.stderr[-2000:]
 

@@ -67,7 +67,7 @@ def test_drfast_simd_environment_variable_sets_the_level():
 def test_drfast_simd_environment_variable_rejects_bad_values():
     out = import_drfast("bogus")
     assert out.returncode != 0
-    assert "ValueError: DRFAST_SIMD: level: expected one of" in out.stderr
+    assert "UsageError: DRFAST_SIMD: level: expected one of" in out.stderr
 
 
 def test_set_num_threads():

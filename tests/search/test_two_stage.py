@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import drfast
-from drfast.search import two_stage as TS
+from drfast.search import first_pass as TS
+from drfast.search import two_stage_torch
 from reference import first_pass_reference, integer_embeddings, random_positives
 
 FIELDS = ("ids", "scores", "pos_offsets", "pos_ids", "pos_scores", "pos_ranks", "pair_weights")
@@ -173,7 +174,7 @@ def test_auto_follows_the_cpu():
     kinds = TS.fast_kinds()
     auto = TS.resolve_auto()
     assert auto == ("int8" if "int8" in kinds else "bf16" if "bf16" in kinds else None)
-    assert drfast.FlatIndex(np.ones((3, 4), np.float32), first_pass="auto").first_pass == auto
+    assert drfast.FlatIndex(np.ones((3, 4), np.float32), first_pass="auto").first_pass_kind == auto
 
 
 @pytest.mark.parametrize("kind,refine", VARIANTS)
@@ -233,7 +234,7 @@ def test_save_load_keeps_the_first_pass(tmp_path, rng, kind, refine, mmap):
     idx = drfast.FlatIndex(docs, first_pass=kind, refine=refine)
     idx.save(tmp_path / "ix")
     back = drfast.load_index(tmp_path / "ix", mmap=mmap)
-    assert back.first_pass == kind and back.first_pass_bytes == idx.first_pass_bytes
+    assert back.first_pass_kind == kind and back.first_pass_bytes == idx.first_pass_bytes
     q = rng.standard_normal((3, 40)).astype(np.float32)
     assert_identical(back.search(q, k=9, positives=[[1], [], [699]], cutoff=3),
                      drfast.FlatIndex(docs).search(q, k=9, positives=[[1], [], [699]], cutoff=3))
@@ -243,7 +244,7 @@ def test_save_load_keeps_the_first_pass(tmp_path, rng, kind, refine, mmap):
 def test_saved_index_without_first_pass_loads_as_before(tmp_path, rng):
     docs = rng.standard_normal((20, 8)).astype(np.float32)
     drfast.FlatIndex(docs).save(tmp_path / "ix")
-    assert drfast.load_index(tmp_path / "ix").first_pass is None
+    assert drfast.load_index(tmp_path / "ix").first_pass_kind is None
 
 
 # ---- the torch path ---------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def adversarial(rng, N, d, kind):
     x[spike, rng.integers(0, d, spike.sum())] *= 1e3
     x = x.astype(np.float32)
     xt = torch.from_numpy(x).double()
-    xh = TS._int8(xt)[2] if kind == "int8" else TS._bf16(xt)[1]
+    xh = TS.quantize_int8(xt)[2] if kind == "int8" else TS.quantize_bf16(xt)[1]
     err = (xt - xh).numpy()
     B = 64
     picks = rng.integers(0, N, B)
@@ -345,7 +346,7 @@ def test_bound_never_violated(rng, kind, d):
     x, q = adversarial(rng, N, d, kind)
     data = TS.build_first_pass(x, kind, refine=True)
     qc = TS.prepare_queries(q, data)
-    fp = TS._TorchFirstPass(data, qc, torch.device("cpu"))
+    fp = TS.TorchFirstPass(data, qc, torch.device("cpu"))
     lo, hi, I = fp.bounds(0, N)
     s = torch.from_numpy(drfast.FlatIndex(x).search(q, k=N).scores)  # every score, sorted per query
     order = torch.from_numpy(drfast.FlatIndex(x).search(q, k=N).ids)
@@ -356,7 +357,7 @@ def test_bound_never_violated(rng, kind, d):
     if kind == "int8":
         b = torch.arange(q.shape[0]).repeat_interleave(N)
         r = order.reshape(-1)
-        lo2, hi2 = TS._batched(fp.refine, b.numel(), b, r, I.gather(1, order).reshape(-1))
+        lo2, hi2 = two_stage_torch.batched(fp.refine, b.numel(), b, r, I.gather(1, order).reshape(-1))
         sd = s.reshape(-1).double()
         assert bool((lo2 <= sd).all() and (sd <= hi2).all()), "refined bound violated"
         assert float((hi2 - lo2).mean()) < float((hi - lo).double().mean()) / 20  # and much tighter
@@ -386,7 +387,7 @@ def test_int8_lean_is_int8_without_the_refinement_codes(rng):
     q = rng.standard_normal((5, 48)).astype(np.float32)
     pos = random_positives(rng, 5, 4000)
     lean, full = drfast.FlatIndex(x, first_pass="int8-lean"), drfast.FlatIndex(x, first_pass="int8")
-    assert lean.first_pass == "int8" and not lean._first_pass.refine and full._first_pass.refine
+    assert lean.first_pass_kind == "int8" and not lean.first_pass_data.refine and full.first_pass_data.refine
     assert lean.first_pass_bytes < full.first_pass_bytes
     want = drfast.FlatIndex(x).search(q, k=25, positives=pos, cutoff=10)
     got = lean.search(q, k=25, positives=pos, cutoff=10)

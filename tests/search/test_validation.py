@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import drfast
-from drfast.search.dispatch import unchecked_native_search
+from drfast.search.fused import unchecked_native_search
 from reference import reference_search
 
 

@@ -22,6 +22,7 @@ from distributed_util import spawn
 from drfast.common.distributed import all_gather_rows, share_of_mean, slice_of
 from drfast.encode.encoders import Encoder
 from drfast.pipelines.adore import run_adore
+from drfast.pipelines.specs import CorpusSpec, EncoderSpec, OutputSpec, PlacementSpec
 from drfast.pipelines.star import run_star
 from drfast.train.adore import AdoreConfig, AdoreTrainer
 from drfast.train.star import StarConfig, star_batch_loss
@@ -63,16 +64,17 @@ ADORE = dict(k=20, cutoff=10, lr=2e-3, batch_size=5, epochs=2, warmup_ratio=0.0,
 
 
 def _adore_rank(rank, world, setup, output, shard):
-    report = run_adore(setup["data"], setup["model"], output, config=AdoreConfig(**ADORE), device="cpu",
-                       cache_dir=setup["root"] / f"cache{world}", shard_index=shard)
+    report = run_adore(CorpusSpec(setup["data"], cache=setup["root"] / f"cache{world}"), EncoderSpec(setup["model"]),
+                       OutputSpec(output), config=AdoreConfig(**ADORE),
+                       placement=PlacementSpec(device="cpu", shard_index=shard))
     return report
 
 
 @pytest.fixture(scope="module")
 def adore_one(setup):
     output = setup["root"] / "adore1"
-    return run_adore(setup["data"], setup["model"], output, config=AdoreConfig(**ADORE), device="cpu",
-                     cache_dir=setup["root"] / "cache1"), output
+    return run_adore(CorpusSpec(setup["data"], cache=setup["root"] / "cache1"), EncoderSpec(setup["model"]),
+                     OutputSpec(output), config=AdoreConfig(**ADORE), placement=PlacementSpec(device="cpu")), output
 
 
 @pytest.mark.parametrize("shard", [False, True])
@@ -102,14 +104,14 @@ STAR_ENCODER = {"pooling": "mean"}
 
 
 def _star_rank(rank, world, setup, output):
-    return run_star(setup["data"], setup["model"], output, config=StarConfig(**STAR), encoder_options=STAR_ENCODER,
-                    cache_dir=setup["root"] / f"star_cache{world}")
+    return run_star(CorpusSpec(setup["data"], cache=setup["root"] / f"star_cache{world}"),
+                    EncoderSpec(setup["model"], **STAR_ENCODER), OutputSpec(output), config=StarConfig(**STAR))
 
 
 def test_star_two_ranks_equal_one(setup):
     one_out = setup["root"] / "star1"
-    one = run_star(setup["data"], setup["model"], one_out, config=StarConfig(**STAR), encoder_options=STAR_ENCODER,
-                   cache_dir=setup["root"] / "star_cache1")
+    one = run_star(CorpusSpec(setup["data"], cache=setup["root"] / "star_cache1"),
+                   EncoderSpec(setup["model"], **STAR_ENCODER), OutputSpec(one_out), config=StarConfig(**STAR))
     output = setup["root"] / "star2"
     spawn(2, _star_rank, setup, output)
     two = json.loads((output / "metrics.json").read_text())

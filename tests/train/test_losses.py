@@ -388,6 +388,74 @@ def test_bad_arguments_raise_naming_the_argument(rng):
         call(pos_offsets=off.double())
 
 
+def _tiny_batch():
+    cand = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    pos = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    return dict(cand_scores=cand, pos_scores=pos, pos_offsets=torch.tensor([0, 1, 2]), pair_weights=torch.zeros(2, 3),
+                ids=torch.tensor([[0, 1, 2], [3, 4, 5]]), pos_ids=torch.tensor([1, 7]))
+
+
+_SHAPE_B1 = "expected shape [B+1] = [3] (B = cand_scores.shape[0]), got (2,)"
+ADORE_MESSAGES = [  # (override, exception type, exact message): what users have always been told
+    (lambda a: dict(cand_scores=a["cand_scores"].reshape(-1)), ValueError,
+     "cand_scores: expected a 2-D tensor, got shape (6,)"),
+    (lambda a: dict(cand_scores=a["cand_scores"].detach().numpy()), TypeError,
+     "cand_scores: expected a torch tensor (scores must carry gradients), got numpy array of shape (2, 3) and dtype float64"),
+    (lambda a: dict(cand_scores=torch.zeros(2, 3, dtype=torch.int64)), TypeError,
+     "cand_scores: expected a floating point dtype, got torch.int64"),
+    (lambda a: dict(normalizer="mean"), ValueError, "normalizer: expected one of ('pairs', 'nonzero'), got 'mean'"),
+    (lambda a: dict(score_scale=0.0), ValueError, "score_scale: must be finite and > 0, got 0.0"),
+    (lambda a: dict(score_scale="1"), TypeError, "score_scale: expected a number, got str"),
+    (lambda a: dict(pos_offsets=a["pos_offsets"][:-1]), ValueError, "pos_offsets: " + _SHAPE_B1),
+    (lambda a: dict(pos_offsets=a["pos_offsets"].double()), TypeError,
+     "pos_offsets: expected an integer dtype, got torch.float64"),
+    (lambda a: dict(pos_offsets=a["pos_offsets"].flip(0)), ValueError, "pos_offsets: must start at 0 and be non-decreasing"),
+    (lambda a: dict(pos_scores=torch.zeros(3, dtype=torch.float64)), ValueError,
+     "pos_scores: expected shape [nnz] = [2] (nnz = pos_offsets[-1]), got (3,)"),
+    (lambda a: dict(pair_weights=[[0.0] * 3] * 2), TypeError,
+     "pair_weights: expected a float tensor or numpy array, got list"),
+    (lambda a: dict(pair_weights=torch.zeros(2, 3, dtype=torch.int64)), TypeError,
+     "pair_weights: expected a floating point dtype, got torch.int64"),
+    (lambda a: dict(pair_weights=torch.zeros(2, 4)), ValueError, "pair_weights: expected shape [nnz, k] = [2, 3], got (2, 4)"),
+    (lambda a: dict(pair_weights=torch.full((2, 3), float("nan"))), ValueError, "pair_weights: contains NaN or Inf"),
+    (lambda a: dict(pair_weights=-torch.ones(2, 3)), ValueError, "pair_weights: contains negative weights"),
+    (lambda a: dict(ids=a["ids"][:, :-1]), ValueError,
+     "ids: expected shape [B, k] = [2, 3] (cand_scores' shape), got (2, 2)"),
+    (lambda a: dict(pos_ids=a["pos_ids"][:-1]), ValueError, "pos_ids: expected shape [nnz] = [2], got (1,)"),
+    (lambda a: dict(pos_in_topk=torch.zeros(2, dtype=torch.int64), only_if_unretrieved=True), TypeError,
+     "pos_in_topk: expected dtype bool, got torch.int64"),
+    (lambda a: dict(pos_in_topk=torch.zeros(3, dtype=torch.bool), only_if_unretrieved=True), ValueError,
+     "pos_in_topk: expected shape [nnz] = [2], got (3,)"),
+    (lambda a: dict(ids=None), ValueError,
+     "ids: required with normalizer='pairs' (pass the search result's ids and pos_ids)"),
+    (lambda a: dict(pos_ids=None, normalizer="nonzero", only_if_unretrieved=True), ValueError,
+     "pos_ids: required with only_if_unretrieved=True without pos_in_topk (pass the search result's ids and pos_ids)"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ADORE_MESSAGES)))
+def test_adore_loss_error_messages_are_unchanged(case):
+    """The checks were split out of adore_loss (issue 20): each bad argument still gets the same message,
+    of the same type, and the first problem in the original order is the one reported."""
+    override, kind, message = ADORE_MESSAGES[case]
+    args = _tiny_batch()
+    args.update(override(args))
+    with pytest.raises(kind) as info:
+        adore_loss(**args)
+    assert str(info.value) == message and info.value.param == message.split(":")[0]
+
+
+def test_adore_loss_takes_numpy_and_tensor_inputs_alike(rng):
+    case = make_case(rng, B=5, k=6, N=20, min_pos=1)
+    args = dict(pos_offsets=case["offsets"], pair_weights=case["W"], ids=case["ids"], pos_ids=case["pos_ids"])
+    as_numpy = {n: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for n, v in args.items()}
+    as_torch = {n: torch.as_tensor(v) for n, v in as_numpy.items()}
+    for normalizer in ("pairs", "nonzero"):
+        a, sa = adore_loss(case["cand"], case["pos"], normalizer=normalizer, only_if_unretrieved=True, **as_numpy)
+        b, sb = adore_loss(case["cand"], case["pos"], normalizer=normalizer, only_if_unretrieved=True, **as_torch)
+        assert torch.equal(a, b) and sa == sb
+
+
 # ---------------------------------------------------------------------------------------------- RankNet
 def test_ranknet_matches_loops(rng):
     for scale in (1.0, 20.0):

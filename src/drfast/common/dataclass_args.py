@@ -4,18 +4,19 @@ A field declared with `option(default, help, ...)` becomes the flag `--field-nam
 its help is the option's, its type the field's annotation (int, float, str, Optional of one of
 those, or a tuple of str for a list of values), its choices `choices=`. A bool field is a switch:
 `--flag` when it defaults to False, `--flag/--no-flag` when it defaults to True. A command may give
-a field another default; a `required=True` option without one is a required flag.
+a field another default; a `required=True` option without one is a required flag, and so is a field
+the command names in `required`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from drfast.common.errors import UsageError, UsageTypeError
 
-__all__ = ["option", "add_arguments", "from_args"]
+__all__ = ["option", "add_arguments", "from_args", "takes_value"]
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -36,11 +37,18 @@ def _kind(annotation: Any) -> type:
     raise UsageTypeError("annotation", f"no command-line flag for a field of type {annotation!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Optional[Iterable[str]] = None,
-                  **defaults: Any) -> None:
-    """Add a flag for each field of dataclass `cls` (or for the fields in `names`), with the default
-    given in `defaults` where there is one, else the field's."""
+def takes_value(cls: type, name: str) -> bool:
+    """Whether the flag of field `name` of dataclass `cls` takes a value (every kind but a bool switch)."""
+    return _kind(typing.get_type_hints(cls)[name]) is not bool
+
+
+def add_arguments(parser: Any, cls: type, names: Optional[Iterable[str]] = None, *,
+                  required: Iterable[str] = (), **defaults: Any) -> Dict[str, str]:
+    """Add a flag for each field of dataclass `cls` (or for the fields in `names`) to `parser` (an
+    ArgumentParser or one of its groups), with the default given in `defaults` where there is one,
+    else the field's; the fields in `required` become required flags. Returns {field name: flag}."""
     hints = typing.get_type_hints(cls)
+    required, flags = set(required), {}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in fields if names is None else names:
         if name not in fields or "help" not in fields[name].metadata:
@@ -59,9 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Optional[It
         for key in ("choices", "metavar"):
             if key in meta:
                 kwargs[key] = meta[key]
-        if meta.get("required") and name not in defaults:
+        if (meta.get("required") and name not in defaults) or name in required:
             kwargs["required"] = True
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        flags[name] = "--" + name.replace("_", "-")
+        parser.add_argument(flags[name], **kwargs)
+    return flags
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

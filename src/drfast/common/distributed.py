@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -52,11 +52,7 @@ class DistContext:
             return
         flags: List[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(flags, error is not None)
-        if error is not None:
-            raise error
-        failed = [r for r, f in enumerate(flags) if f]
-        if failed:
-            raise RuntimeError(f"{step} failed on rank(s) {failed} (see the error raised there)")
+        raise_if_failed(error, [r for r, f in enumerate(flags) if f], step)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Collective: rank `src`'s picklable `obj` on every rank (small objects: flags, lists)."""
@@ -81,6 +77,18 @@ class DistContext:
         out: Optional[List[Any]] = [None] * self.world_size if self.is_main else None
         torch.distributed.gather_object(obj, out, dst=0)
         return out
+
+
+def raise_if_failed(error: Optional[BaseException], failed: Sequence[int], step: str) -> None:
+    """The end of a step that may fail on some ranks, once the ranks agreed on who failed (`failed`:
+    their numbers, from a collective): this rank raises its own `error`, the others a RuntimeError
+    naming the failed ranks, so that no rank goes on into a collective the others never reach.
+    (DistContext.check_all agrees with its own collective; a step with a collective of its own can
+    carry the flags in it instead: ShardedIndex.search.)"""
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"{step} failed on rank(s) {list(failed)} (see the error raised there)")
 
 
 def slice_of(n: int, rank: int, world_size: int) -> Tuple[int, int]:

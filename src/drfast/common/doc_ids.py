@@ -7,20 +7,108 @@ the ~1 GB of a dict of Python strings. An id -> row lookup is a vectorised binar
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from drfast.common.errors import UsageError, UsageTypeError
+from drfast.common.text_lines import DataFormatError, PathLike, read_line_bytes
 
+# ---- the id rule ---------------------------------------------------------------------------------
+# An id read from a file (corpus `_id`, query id, a line of an id file, an MS MARCO TSV id) must be
+# non-empty, without whitespace (TREC run and qrels files split on it, so such an id could never be
+# written or judged) and without control characters (a NUL is lost in numpy's fixed-width strings,
+# a line break splits id files) or lone surrogates (not encodable as UTF-8). Checked once, when read.
+# Every code point that str.isspace accepts or that is a control character (category Cc), as one
+# regex class; tests/common/test_doc_ids.py checks it against every code point.
+_FORBIDDEN = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_BAD_ID_CHAR = re.compile(rf"[{_FORBIDDEN}\ud800-\udfff]")
+bad_id_char = _BAD_ID_CHAR.search  # the first character an id may not hold (a match), or None: the fast path
+# The same for a whole file of ids joined by "\n" (the separator excepted); ASCII files, the common
+# case, are checked by deleting the forbidden bytes, several times faster than a regex.
+_BAD_ID_IN_FILE = re.compile(r"[\x00-\x09\x0b-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_FORBIDDEN_ASCII = bytes(c for c in range(0x21) if c != 0x0A) + b"\x7f"
+
+
+def id_problem(doc_id: str) -> Optional[str]:
+    """What is wrong with `doc_id` as an id read from a file (see the rule above), or None."""
+    if not doc_id:
+        return "is empty"
+    bad = _BAD_ID_CHAR.search(doc_id)
+    if bad is None:
+        return None
+    char, at = bad.group(), bad.start()
+    if "\ud800" <= char <= "\udfff":
+        kind = "a lone surrogate"
+    elif char.isspace():
+        kind = ("leading" if at == 0 else "trailing" if at == len(doc_id) - 1 else "inner") + " whitespace"
+    else:
+        kind = "a NUL character" if char == "\x00" else "a control character"
+    return f"contains {kind} (U+{ord(char):04X} at character {at + 1}); ids may not contain whitespace, " \
+           "control characters or lone surrogates"
+
+
+def read_id_file(path: PathLike, data: Optional[bytes] = None, what: str = "id", rule: bool = True) -> np.ndarray:
+    """The ids of a file with one id per line, as a numpy array of UTF-8 bytes (row = line - 1).
+
+    Read by `common.text_lines` (UTF-8, byte-order mark, CRLF) and, with `rule`, checked by the id rule
+    in bulk: DataFormatError naming the file and the line of the first bad id. Without it (a file
+    drfast wrote itself from a DocIdMap, whose own checks are looser) only the lines are split."""
+    lines = read_line_bytes(path, data)
+    if not rule:
+        return np.array(lines, dtype=np.bytes_) if lines else np.zeros(0, "S1")
+    first_empty = lines.index(b"") if b"" in lines else len(lines)
+    bad_line = _first_bad_line(b"\n".join(lines))
+    if bad_line is not None and bad_line <= first_empty:
+        text = lines[bad_line].decode("utf-8")
+        raise DataFormatError(path, bad_line + 1, f"{what} {text!r} {id_problem(text)}")
+    if first_empty < len(lines):
+        raise DataFormatError(path, first_empty + 1, f"the line is empty; every line must hold an {what}")
+    # no NUL is left (refused above), so numpy's fixed-width bytes lose nothing
+    return np.array(lines, dtype=np.bytes_) if lines else np.zeros(0, "S1")
+
+
+def _first_bad_line(joined: bytes) -> Optional[int]:
+    """0-based line of the first forbidden character in ids joined by "\n" (valid UTF-8), or None."""
+    if joined.isascii():
+        if len(joined.translate(None, _FORBIDDEN_ASCII)) == len(joined):
+            return None
+        text = joined.decode("ascii")
+    else:
+        text = joined.decode("utf-8")
+    bad = _BAD_ID_IN_FILE.search(text)
+    return None if bad is None else text.count("\n", 0, bad.start())
 
 
 class DocIdMap(Sequence):
     """The external ids of rows 0..N-1, unique, each a non-empty string without line breaks or NULs.
 
-    Behaves as a read-only sequence of str (`ids[row]`, `len`, iteration, `list(ids)`);
-    `rows(doc_ids)` maps ids back to rows.
+    Behaves as a read-only sequence of str (``ids[row]``, ``len``, iteration, ``list(ids)``);
+    ``rows(doc_ids)`` maps ids back to rows. The ids are held in compact sorted arrays, not as Python
+    strings, so the 8.8M ids of MS MARCO take about 100 MB.
+
+    Parameters
+    ----------
+    doc_ids : sequence of str, numpy array or DocIdMap
+        One id per row.
+    name : str
+        The argument name that errors about these ids blame.
+
+    Raises
+    ------
+    UsageError
+        A duplicate, empty or malformed id, named.
+
+    Examples
+    --------
+    >>> import drfast
+    >>> ids = drfast.DocIdMap(["d3", "d1", "d7"])
+    >>> ids[0], len(ids), list(ids)
+    ('d3', 3, ['d3', 'd1', 'd7'])
+    >>> ids.rows(["d1", "d7"])
+    array([1, 2])
     """
 
     def __init__(self, doc_ids: Union[Sequence[str], np.ndarray, "DocIdMap"], name: str = "doc_ids"):
@@ -122,7 +210,9 @@ class DocIdMap(Sequence):
 
     @classmethod
     def read(cls, path: Union[str, os.PathLike], expected: int | None = None) -> "DocIdMap":
-        """The ids written by `write`; ValueError naming the file when it does not hold `expected` ids."""
+        """The ids written by `write`; ValueError naming the file when it does not hold `expected` ids
+        (DataFormatError naming the line of bad UTF-8). A byte-order mark and CRLF line ends are
+        accepted, as by every reader of text lines."""
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -132,11 +222,12 @@ class DocIdMap(Sequence):
             raise ValueError(f"{path}: truncated (the last id has no line end)")
         if b"\x00" in data:
             raise ValueError(f"{path}: contains a NUL character; not a document id file")
-        lines = data.split(b"\n")[:-1] if data else []
-        if expected is not None and len(lines) != expected:
-            raise ValueError(f"{path}: holds {len(lines)} document ids, expected {expected}")
+        # ids held in memory may break the rule for files (e.g. inner spaces): what was saved loads
+        ids = read_id_file(path, data, "document id", rule=False)
+        if expected is not None and len(ids) != expected:
+            raise ValueError(f"{path}: holds {len(ids)} document ids, expected {expected}")
         try:
-            return cls(np.array(lines, dtype=np.bytes_) if lines else np.zeros(0, "S1"), name=str(path))
+            return cls(ids, name=str(path))
         except ValueError as e:
             raise ValueError(str(e)) from None
 

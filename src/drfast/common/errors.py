@@ -17,7 +17,27 @@ from typing import Optional
 
 
 class UsageError(ValueError):
-    """A bad argument value; `param` names the argument, `detail` says what is wrong with it."""
+    """A bad argument value; `param` names the argument, `detail` says what is wrong with it.
+
+    A `ValueError`, so code that catches ValueError keeps working; the message reads
+    ``"param: detail"``.
+
+    Parameters
+    ----------
+    param : str or None
+        The name of the argument at fault (None when no single argument is to blame).
+    detail : str
+        What is wrong with it.
+
+    Examples
+    --------
+    >>> import numpy as np, drfast
+    >>> try:
+    ...     drfast.FlatIndex(np.eye(3, dtype=np.float32)).search(np.ones((1, 3), np.float32), k=0)
+    ... except drfast.UsageError as e:
+    ...     print(e.param, "|", e)
+    k | k: must be >= 1, got 0
+    """
 
     def __init__(self, param: Optional[str], detail: str):
         self.param = param
@@ -30,3 +50,11 @@ class UsageError(ValueError):
 
 class UsageTypeError(UsageError, TypeError):
     """A bad argument type; caught as `TypeError` and as `UsageError` alike."""
+
+
+class UsageFileNotFoundError(UsageError, FileNotFoundError):
+    """An input path that is not there; caught as `FileNotFoundError` and as `UsageError` alike."""
+
+
+class UsageFileExistsError(UsageError, FileExistsError):
+    """An output path taken by something not to be replaced; a `FileExistsError` and a `UsageError`."""

@@ -16,13 +16,15 @@ from tqdm import tqdm
 
 from drfast.common.doc_ids import DocIdMap
 from drfast.common.errors import UsageError
-from drfast.data.parsing import (DataFormatError, PathLike, _decode, _id, _json_object, _line_of_offset, _sniff_format,
-                                 _string, doc_text)
+from drfast.data.parsing import (DataFormatError, PathLike, as_id, decode_line, doc_text, id_field, is_tsv_header,
+                                 json_object, line_of_offset, sniff_format, string_field)
+
 
 def _parse_jsonl_doc(path: PathLike, lineno: int, line: str) -> tuple[str, str]:
-    obj = _json_object(path, lineno, line)
-    doc_id = _id(path, lineno, obj, "_id")
-    return doc_id, doc_text(_string(path, lineno, obj, "title", False), _string(path, lineno, obj, "text", True))
+    obj = json_object(path, lineno, line)
+    doc_id = id_field(path, lineno, obj, "_id")
+    return doc_id, doc_text(string_field(path, lineno, obj, "title", False),
+                            string_field(path, lineno, obj, "text", True))
 
 
 def _parse_tsv_doc(path: PathLike, lineno: int, line: str) -> tuple[str, str]:
@@ -35,7 +37,7 @@ def _parse_tsv_doc(path: PathLike, lineno: int, line: str) -> tuple[str, str]:
         raise DataFormatError(path, lineno, f"expected 2 or 3 tab-separated columns (docid, [title,] text), got {len(fields)}")
     if not doc_id:
         raise DataFormatError(path, lineno, "expected a non-empty docid in the first column")
-    return doc_id, doc_text(title, text)
+    return as_id(path, lineno, doc_id, "the docid"), doc_text(title, text)
 
 
 _PARSERS = {"jsonl": _parse_jsonl_doc, "tsv": _parse_tsv_doc}
@@ -48,16 +50,29 @@ _PROGRESS_MIN_BYTES = 32 << 20  # about 100k MS MARCO passages; smaller files in
 
 
 class Corpus:
-    """A document collection read on demand from `corpus.jsonl` ({"_id", "title", "text"}) or an
-    MS MARCO `collection.tsv` (docid<TAB>text or docid<TAB>title<TAB>text).
+    """A document collection read on demand from ``corpus.jsonl`` or an MS MARCO ``collection.tsv``.
 
     Opening makes one pass that records, per document (row), the byte offset of its line, its text
-    length in characters and its id. Rows follow file order; blank lines are skipped.
+    length in characters and its id. Rows follow file order; blank lines are skipped. A document's
+    text is ``title + " " + text``, stripped.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``corpus.jsonl`` (``{"_id", "title", "text"}`` per line) or a TSV (``docid<TAB>text`` or
+        ``docid<TAB>title<TAB>text``).
+    format : {None, "jsonl", "tsv"}
+        None: guessed from the file.
+
+    Raises
+    ------
+    DataFormatError
+        A malformed line, naming the file, the line number and what was expected.
     """
 
     def __init__(self, path: PathLike, format: Optional[str] = None):
         self.path = Path(path)
-        self.format = format or _sniff_format(self.path)
+        self.format = format or sniff_format(self.path)
         if self.format not in _PARSERS:
             raise UsageError("format", f"expected 'jsonl' or 'tsv', got {self.format!r}")
         stat = self.path.stat()
@@ -70,15 +85,11 @@ class Corpus:
         offsets, lengths = array("q"), array("q")  # compact while growing, unlike a list of ints
         id_chunks: list[np.ndarray] = []
         ids: list[str] = []
-        offset = 0
         bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"indexing {self.path.name}",
                    disable=True if size < _PROGRESS_MIN_BYTES else None)  # None: off when not a tty
         with open(self.path, "rb") as f, bar:
-            for lineno, raw in enumerate(f, 1):
-                start, offset = offset, offset + len(raw)
-                if raw.isspace():
-                    continue
-                doc_id, text = parse(self.path, lineno, _decode(self.path, lineno, raw))
+            for lineno, start, line in self._document_lines(f):
+                doc_id, text = parse(self.path, lineno, line)
                 offsets.append(start)
                 lengths.append(len(text))
                 ids.append(doc_id)
@@ -86,29 +97,42 @@ class Corpus:
                     id_chunks.append(np.array(ids))
                     ids = []
                 if lineno % 65536 == 0:
-                    bar.update(offset - bar.n)
-            bar.update(offset - bar.n)
+                    bar.update(start - bar.n)
+            bar.update(size - bar.n)
         id_chunks.append(np.array(ids, dtype=str))
         return (np.frombuffer(offsets, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
                 np.concatenate(id_chunks))
 
+    def _document_lines(self, f) -> Iterator[tuple[int, int, str]]:
+        """(line number, byte offset, text) of each document line of the open file `f`: blank lines
+        are skipped, and so is a TSV header ("id<TAB>text", ...) on the first line."""
+        offset, lines = 0, enumerate(f, 1)
+        for lineno, raw in lines:  # up to the first line that is not blank: a header?
+            start, offset = offset, offset + len(raw)
+            if not raw.isspace():
+                line = decode_line(self.path, lineno, raw)
+                if not (self.format == "tsv" and is_tsv_header(line.split("\t"))):
+                    yield lineno, start, line
+                break
+        for lineno, raw in lines:  # the rest (one loop without the header test: 8.8M lines for MS MARCO)
+            start, offset = offset, offset + len(raw)
+            if not raw.isspace():
+                yield lineno, start, decode_line(self.path, lineno, raw)
+
     def _id_map(self, ids: np.ndarray) -> DocIdMap:
         """The ids as a DocIdMap (compact, binary-searched: no dict of millions of Python strings); a
-        duplicate or unstorable id is reported with its line numbers."""
+        duplicate is reported with its line numbers (each id was checked by the id rule when read)."""
         try:
             return DocIdMap(ids, name="doc_ids")
         except ValueError:
-            pass
-        order = np.argsort(ids, kind="stable")
-        same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
-        if same.size:
-            first, second = sorted(order[same[0]:same[0] + 2])
-            lines = [_line_of_offset(self.path, int(self.offsets[r])) for r in (first, second)]
-            raise DataFormatError(self.path, lines[1], f"duplicate document id {str(ids[first])!r} "
-                                                       f"(first on line {lines[0]})")
-        bad = next(r for r, d in enumerate(ids.tolist()) if not d or any(c in d for c in "\n\r\x00"))
-        raise DataFormatError(self.path, _line_of_offset(self.path, int(self.offsets[bad])),
-                              f"document id {str(ids[bad])!r} is empty or contains a line break or NUL")
+            order = np.argsort(ids, kind="stable")
+            same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+            if not same.size:
+                raise
+        first, second = sorted(order[same[0]:same[0] + 2])
+        lines = [line_of_offset(self.path, int(self.offsets[r])) for r in (first, second)]
+        raise DataFormatError(self.path, lines[1], f"duplicate document id {str(ids[first])!r} "
+                                                   f"(first on line {lines[0]})")
 
     # -- size and identity -----------------------------------------------------------------
 
@@ -149,19 +173,18 @@ class Corpus:
                 offset = int(self.offsets[rows[k]])
                 f.seek(offset)
                 raw = f.readline()
-                try:
-                    out[k] = parse(self.path, 0, _decode(self.path, 0, raw))[1]
+                try:  # line 1 (offset 0) may start with a byte-order mark
+                    out[k] = parse(self.path, 0, decode_line(self.path, 0 if offset else 1, raw))[1]
                 except DataFormatError as e:  # the file changed under us; say where
-                    raise DataFormatError(self.path, _line_of_offset(self.path, offset), e.message) from None
+                    raise DataFormatError(self.path, line_of_offset(self.path, offset), e.message) from None
         return out
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(doc_id, text) in row order, read sequentially."""
         parse = _PARSERS[self.format]
         with self._open() as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.isspace():
-                    yield parse(self.path, lineno, _decode(self.path, lineno, raw))
+            for lineno, _, line in self._document_lines(f):
+                yield parse(self.path, lineno, line)
 
     # -- ids -> rows -----------------------------------------------------------------------
 

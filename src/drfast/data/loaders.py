@@ -11,7 +11,8 @@ import numpy as np
 from drfast.common.doc_ids import DocIdMap
 from drfast.common.errors import UsageTypeError
 from drfast.data.corpus import Corpus
-from drfast.data.parsing import DataFormatError, PathLike, _id, _json_object, _lines, _sniff_format, _string
+from drfast.data.parsing import (DataFormatError, PathLike, as_id, id_field, is_tsv_header, iter_lines, json_object,
+                                 sniff_format, string_field)
 
 # ---------------------------------------------------------------------------------------------
 # Corpus
@@ -24,18 +25,23 @@ from drfast.data.parsing import DataFormatError, PathLike, _id, _json_object, _l
 def load_queries(path: PathLike) -> dict[str, str]:
     """All queries of a BEIR `queries.jsonl` ({"_id", "text"}) or an MS MARCO `queries.tsv` (qid<TAB>text)."""
     path = Path(path)
-    jsonl = _sniff_format(path) == "jsonl"
+    jsonl = sniff_format(path) == "jsonl"
     queries: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for lineno, line in _lines(path):
+    header_allowed = not jsonl
+    for lineno, line in iter_lines(path):
         if jsonl:
-            obj = _json_object(path, lineno, line)
-            qid, text = _id(path, lineno, obj, "_id"), _string(path, lineno, obj, "text", True)
+            obj = json_object(path, lineno, line)
+            qid, text = id_field(path, lineno, obj, "_id"), string_field(path, lineno, obj, "text", True)
         else:
             fields = line.split("\t")
             if len(fields) != 2 or not fields[0]:
                 raise DataFormatError(path, lineno, f"expected 2 tab-separated columns (qid, text), got {len(fields)}")
-            qid, text = fields
+            if header_allowed and is_tsv_header(fields):
+                header_allowed = False
+                continue  # a header on the first line ("qid<TAB>query")
+            header_allowed = False
+            qid, text = as_id(path, lineno, fields[0], "the qid"), fields[1]
         if qid in queries:
             raise DataFormatError(path, lineno, f"duplicate query id {qid!r} (first on line {first_line[qid]})")
         queries[qid], first_line[qid] = text, lineno
@@ -55,7 +61,7 @@ def _iter_qrels(path: PathLike, round_grades: bool = False) -> Iterator[tuple[in
     [-MAX_GRADE, MAX_GRADE]; a fractional grade is an error unless `round_grades` (then rounded half
     to even)."""
     ncols = None
-    for lineno, line in _lines(path):
+    for lineno, line in iter_lines(path):
         fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
         if ncols is None:
             if [f.lower() for f in fields] == _BEIR_HEADER:
@@ -70,6 +76,7 @@ def _iter_qrels(path: PathLike, round_grades: bool = False) -> Iterator[tuple[in
         qid, docid, score = (fields[0], fields[1], fields[2]) if ncols == 3 else (fields[0], fields[2], fields[3])
         if not qid or not docid:
             raise DataFormatError(path, lineno, "expected non-empty query and document ids")
+        qid, docid = as_id(path, lineno, qid, "the query id"), as_id(path, lineno, docid, "the document id")
         yield lineno, qid, docid, _grade(path, lineno, score, round_grades)
 
 
@@ -92,13 +99,17 @@ def _grade(path: PathLike, lineno: int, score: str, round_grades: bool) -> int:
 
 def load_qrels(path: PathLike, round_grades: bool = False) -> dict[str, dict[str, int]]:
     """{query id: {doc id: graded relevance}}, every judgment kept (including 0 and negative grades).
-    Grades must be integers in [-MAX_GRADE, MAX_GRADE]; `round_grades` rounds fractional ones."""
+    Grades must be integers in [-MAX_GRADE, MAX_GRADE]; `round_grades` rounds fractional ones. A file
+    without any judgment (empty, blank or only a header) is refused: nothing could be evaluated."""
     qrels: dict[str, dict[str, int]] = {}
     for lineno, qid, docid, rel in _iter_qrels(path, round_grades):
         judged = qrels.setdefault(qid, {})
         if docid in judged:
             raise DataFormatError(path, lineno, f"duplicate judgment for query {qid!r}, document {docid!r}")
         judged[docid] = rel
+    if not qrels:
+        raise DataFormatError(path, None, "holds no judgments (the file is empty or only a header); expected "
+                                          "query-id<TAB>corpus-id<TAB>score lines")
     return qrels
 
 
@@ -114,8 +125,23 @@ def positives_from_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, list[str
 
 @dataclass
 class Dataset:
-    """A corpus, the queries of one split (those with judgments, in qrels order) and their qrels.
-    `corpus` is None when the split was loaded against a saved index's ids (load_beir's `doc_ids`)."""
+    """A corpus, the queries of one split and their qrels, as `load_beir` and `load_msmarco` return them.
+
+    Attributes
+    ----------
+    corpus : Corpus or None
+        The documents, read on demand; None when the split was loaded against a saved index's ids
+        (load_beir's `doc_ids`).
+    queries : dict
+        ``{qid: text}``: the queries with judgments in this split, in qrels order.
+    qrels : dict
+        ``{qid: {doc_id: grade}}``; grade 0 is judged non-relevant.
+    positives : dict
+        ``{qid: [doc_id, ...]}``: the documents with grade > 0, in file order; queries without any are
+        left out.
+    queries_path : pathlib.Path
+        The queries file.
+    """
 
     corpus: Optional[Corpus]
     queries: dict[str, str]
@@ -155,22 +181,80 @@ def _make_dataset(corpus: Optional[Corpus], queries_path: Path, qrels_path: Path
 
 
 def beir_splits(folder: PathLike) -> list[str]:
-    """Splits of a BEIR folder: the names of its qrels/*.tsv files."""
-    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+    """Splits of a BEIR folder: the names of its qrels/*.tsv files (files only: a folder is no split)."""
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv") if p.is_file())
+
+
+def beir_split_path(folder: PathLike, split: str) -> Path:
+    """qrels/<split>.tsv of a BEIR folder; FileNotFoundError saying what is there instead (nothing, a
+    folder, something else) and which splits are available."""
+    folder = Path(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if qrels_path.is_file():
+        return qrels_path
+    available = ", ".join(beir_splits(folder)) or "none"
+    if qrels_path.is_dir():
+        raise FileNotFoundError(f"{qrels_path}: is a folder, not a qrels file; split {split!r} needs qrels/{split}.tsv "
+                                f"to be a file (available splits: {available})")
+    if qrels_path.exists():
+        raise FileNotFoundError(f"{qrels_path}: is not a regular file; split {split!r} needs qrels/{split}.tsv to be "
+                                f"a file (available splits: {available})")
+    raise FileNotFoundError(f"{qrels_path}: no split {split!r} in {folder}; available splits: {available}")
 
 
 def load_beir(folder: PathLike, split: str, *, round_grades: bool = False, doc_ids: Optional[DocIdMap] = None,
               doc_ids_source: str = "the index") -> Dataset:
-    """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+    r"""A BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
 
-    With `doc_ids` (e.g. a saved index's `index.doc_ids`), corpus.jsonl is not opened (it may be
-    absent): the qrels' documents are checked against those ids instead (an unknown one is the same
-    DataFormatError, naming `doc_ids_source`), and the Dataset's corpus is None."""
+    A document's text is ``title + " " + text``, stripped. Judgments with grade 0 stay in the qrels but
+    are not positives.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The BEIR folder.
+    split : str
+        The qrels split (``qrels/<split>.tsv``): "train", "dev", "test", ...
+    round_grades : bool
+        Round non-integer grades instead of refusing them.
+    doc_ids : DocIdMap, optional
+        E.g. a saved index's ``index.doc_ids``: corpus.jsonl is not opened (it may be absent), the
+        qrels' documents are checked against these ids instead, and the Dataset's corpus is None.
+    doc_ids_source : str
+        What `doc_ids` came from, named when a qrels document is not among them.
+
+    Returns
+    -------
+    Dataset
+        ``.corpus`` (read on demand), ``.queries`` ``{qid: text}`` (those with judgments, in qrels
+        order), ``.qrels`` ``{qid: {doc_id: grade}}`` and ``.positives`` ``{qid: [doc_id, ...]}``.
+
+    Raises
+    ------
+    DataFormatError
+        A malformed line, naming the file, the line number and what was expected: among others an
+        id that is empty or holds whitespace or control characters, a text with a lone surrogate,
+        or a qrels file without any judgment.
+    FileNotFoundError
+        No ``qrels/<split>.tsv`` file (saying so when it is a folder), with the available splits.
+
+    Examples
+    --------
+    >>> import json, os, tempfile, drfast
+    >>> folder = tempfile.mkdtemp(); os.makedirs(os.path.join(folder, "qrels"))
+    >>> with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
+    ...     for i, text in enumerate(["cats purr", "dogs bark", "fish swim"]):
+    ...         print(json.dumps({"_id": f"d{i}", "title": "", "text": text}), file=f)
+    >>> with open(os.path.join(folder, "queries.jsonl"), "w") as f:
+    ...     print(json.dumps({"_id": "q1", "text": "which animal purrs?"}), file=f)
+    >>> with open(os.path.join(folder, "qrels", "test.tsv"), "w") as f:
+    ...     print("query-id\tcorpus-id\tscore\nq1\td0\t1\nq1\td2\t0", file=f)
+    >>> data = drfast.load_beir(folder, "test")
+    >>> len(data.corpus), data.queries, data.qrels, data.positives
+    (3, {'q1': 'which animal purrs?'}, {'q1': {'d0': 1, 'd2': 0}}, {'q1': ['d0']})
+    """
     folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise FileNotFoundError(f"{qrels_path}: no split {split!r} in {folder}; available splits: "
-                                f"{', '.join(beir_splits(folder)) or 'none'}")
+    qrels_path = beir_split_path(folder, split)
     if doc_ids is not None:
         if not isinstance(doc_ids, DocIdMap):
             raise UsageTypeError("doc_ids", f"expected a DocIdMap (an index's doc_ids), got {type(doc_ids).__name__}")
@@ -180,7 +264,8 @@ def load_beir(folder: PathLike, split: str, *, round_grades: bool = False, doc_i
 
 def load_msmarco(collection_tsv: PathLike, queries_tsv: PathLike, qrels_path: PathLike, *,
                  round_grades: bool = False) -> Dataset:
-    """MS MARCO style: collection.tsv, queries.tsv (qid<TAB>text), qrels in TREC or BEIR format."""
+    """MS MARCO style: collection.tsv, queries.tsv (qid<TAB>text), qrels in TREC or BEIR format; a
+    header line in either TSV file ("id<TAB>text", "qid<TAB>query", ...) is skipped."""
     return _make_dataset(Corpus(collection_tsv), Path(queries_tsv), Path(qrels_path), round_grades)
 
 

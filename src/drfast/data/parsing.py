@@ -1,4 +1,7 @@
-"""Line-level reading shared by every data reader: decoding, JSON objects, ids and the error type.
+"""Line-level parsing shared by every data reader: JSON objects, ids, texts and the error type.
+
+Lines come from `drfast.common.text_lines` (the package's one reader of text lines: UTF-8, byte-order
+mark, CRLF); ids are checked here, once, by the id rule of `drfast.common.doc_ids`.
 
 Everything in drfast.data turns files into plain Python / numpy values; nothing above it parses a
 file. A malformed line raises `DataFormatError` naming the file, the line and what was expected.
@@ -8,20 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
+
+from drfast.common.doc_ids import bad_id_char, id_problem
+from drfast.common.text_lines import DataFormatError, decode_line, iter_lines, line_of_offset
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-class DataFormatError(ValueError):
-    """A data file does not have the expected format; says which file, which line, what was expected."""
-
-    def __init__(self, path: PathLike, lineno: int, message: str):
-        self.path, self.lineno, self.message = str(path), lineno, message
-        super().__init__(f"{path}, line {lineno}: {message}")
-
-    def __reduce__(self):  # picklable, so errors survive DataLoader worker processes
-        return type(self), (self.path, self.lineno, self.message)
+__all__ = ["DataFormatError", "PathLike", "as_id", "decode_line", "doc_text", "id_field", "iter_lines", "json_object",
+           "line_of_offset", "sniff_format", "string_field", "check_text",
+           "is_tsv_header"]
 
 
 def doc_text(title: str, text: str) -> str:
@@ -29,28 +28,7 @@ def doc_text(title: str, text: str) -> str:
     return (title + " " + text).strip()
 
 
-def _decode(path: PathLike, lineno: int, raw: bytes) -> str:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, lineno, f"expected UTF-8 text ({e.reason} at byte {e.start})") from None
-    # A byte-order mark some editors write at the start of the file; stripped wherever the line is
-    # read from (Corpus.texts seeks straight to the first line too).
-    return line.lstrip("\ufeff").rstrip("\r\n")
-
-
-def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its terminator), skipping blank lines.
-
-    Binary mode splits on b"\\n" only, so U+2028 and friends inside a JSON string stay in their line.
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.isspace():
-                yield lineno, _decode(path, lineno, raw)
-
-
-def _json_object(path: PathLike, lineno: int, line: str) -> dict:
+def json_object(path: PathLike, lineno: int, line: str) -> dict:
     try:
         obj = json.loads(line)
     except ValueError as e:
@@ -60,22 +38,28 @@ def _json_object(path: PathLike, lineno: int, line: str) -> dict:
     return obj
 
 
-def _id(path: PathLike, lineno: int, obj: dict, key: str) -> str:
-    """An id field: a non-empty string or an integer (ids like 4983 are sometimes written as numbers)."""
+def id_field(path: PathLike, lineno: int, obj: dict, key: str) -> str:
+    """An id field: a string or an integer (ids like 4983 are sometimes written as numbers)."""
     if key not in obj:
         raise DataFormatError(path, lineno, f'expected a "{key}" field')
-    return _as_id(path, lineno, obj[key], f'"{key}"')
+    return as_id(path, lineno, obj[key], f'"{key}"')
 
 
-def _as_id(path: PathLike, lineno: int, value: object, what: str) -> str:
+def as_id(path: PathLike, lineno: int, value: object, what: str) -> str:
+    """`value` as an id that satisfies the id rule of `common.doc_ids` (checked here, once, when read)."""
+    if value.__class__ is str and value and bad_id_char(value) is None:  # the common case, first: MS MARCO has 8.8M
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(value, str) and value:
-        return value
-    raise DataFormatError(path, lineno, f"expected {what} to be a non-empty string or an integer, got {value!r}")
+    if not isinstance(value, str) or not value:
+        raise DataFormatError(path, lineno, f"expected {what} to be a non-empty string or an integer, got {value!r}")
+    problem = id_problem(value)
+    if problem:
+        raise DataFormatError(path, lineno, f"{what} {value!r} {problem}")
+    return value
 
 
-def _string(path: PathLike, lineno: int, obj: dict, key: str, required: bool) -> str:
+def string_field(path: PathLike, lineno: int, obj: dict, key: str, required: bool) -> str:
     value = obj.get(key)
     if value is None:
         if required:
@@ -83,21 +67,37 @@ def _string(path: PathLike, lineno: int, obj: dict, key: str, required: bool) ->
         return ""
     if not isinstance(value, str):
         raise DataFormatError(path, lineno, f'expected "{key}" to be a string, got {type(value).__name__}')
-    return value
+    return check_text(path, lineno, value, f'"{key}"')
 
 
-def _line_of_offset(path: PathLike, offset: int) -> int:
-    """1-based line number of the line starting at byte `offset` (error messages only)."""
-    count, chunk = 1, 1 << 20
-    with open(path, "rb") as f:
-        while offset > 0:
-            data = f.read(min(chunk, offset))
-            count += data.count(b"\n")
-            offset -= len(data)
-    return count
+def check_text(path: PathLike, lineno: int, text: str, what: str) -> str:
+    """`text` unless it holds a lone surrogate (a JSON escape like "\\ud800" without its pair), which no
+    tokenizer can encode: refused here, naming the line, rather than deep inside the encoder."""
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataFormatError(path, lineno, f"{what} holds a lone surrogate (U+{ord(text[e.start]):04X} at "
+                                            f"character {e.start + 1}); expected valid Unicode text") from None
+    return text
 
 
-def _sniff_format(path: Path) -> str:
+# Header lines some TSV exports start with ("id<TAB>text", "pid<TAB>passage", "qid<TAB>query"): the
+# first line is a header when its first column names an id and every other column names a field.
+ID_COLUMNS = frozenset({"id", "_id", "docid", "doc_id", "doc-id", "did", "pid", "passage_id", "passage-id",
+                        "corpus-id", "corpus_id", "qid", "query_id", "query-id"})
+TEXT_COLUMNS = frozenset({"text", "title", "passage", "contents", "content", "body", "document", "doc", "query"})
+
+
+def is_tsv_header(fields: list[str]) -> bool:
+    """Whether the tab-separated `fields` of a file's first line are column names, not data."""
+    names = [f.strip().lower() for f in fields]
+    return len(names) >= 2 and names[0] in ID_COLUMNS and all(n in TEXT_COLUMNS for n in names[1:])
+
+
+def sniff_format(path: Path) -> str:
+    """"jsonl" or "tsv", from the suffix or else the first bytes."""
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
     if path.suffix == ".tsv":

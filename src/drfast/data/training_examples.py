@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 from drfast.common.atomic import write_file_atomic
-from drfast.data.parsing import DataFormatError, PathLike, _as_id, _id, _json_object, _lines, _string, doc_text
+from drfast.data.parsing import (DataFormatError, PathLike, as_id, check_text, doc_text, id_field, iter_lines,
+                                 json_object, string_field)
+
 
 @dataclass
 class TrainingExample:
@@ -40,12 +42,12 @@ def _passages(path: PathLike, lineno: int, obj: dict, keys: tuple[str, str],
     texts: list[str] = []
     for item in items:
         if isinstance(item, dict):
-            ids.append(_id(path, lineno, item, "docid"))
+            ids.append(id_field(path, lineno, item, "docid"))
             if "text" in item or "title" in item:
-                texts.append(doc_text(_string(path, lineno, item, "title", False),
-                                      _string(path, lineno, item, "text", False)))
+                texts.append(doc_text(string_field(path, lineno, item, "title", False),
+                                      string_field(path, lineno, item, "text", False)))
         else:
-            ids.append(_as_id(path, lineno, item, f'an item of "{present[0]}"'))
+            ids.append(as_id(path, lineno, item, f'an item of "{present[0]}"'))
     if texts and len(texts) != len(ids):
         raise DataFormatError(path, lineno, f'expected every passage of "{present[0]}" to have a text, or none')
     return ids, (texts if len(texts) == len(ids) else None)
@@ -57,12 +59,14 @@ def iter_training_examples(path: PathLike) -> Iterator[TrainingExample]:
     Passages are objects {"docid", "title"?, "text"?} or bare ids; "positives"/"negatives" are
     accepted as key names too. A missing "query_id" becomes the line number.
     """
-    for lineno, line in _lines(path):
-        obj = _json_object(path, lineno, line)
-        qid = _id(path, lineno, obj, "query_id") if "query_id" in obj else str(lineno)
+    for lineno, line in iter_lines(path):
+        obj = json_object(path, lineno, line)
+        qid = id_field(path, lineno, obj, "query_id") if "query_id" in obj else str(lineno)
         query = obj.get("query")
         if query is not None and not isinstance(query, str):
             raise DataFormatError(path, lineno, f'expected "query" to be a string, got {type(query).__name__}')
+        if query is not None:
+            check_text(path, lineno, query, '"query"')
         pos_ids, pos_texts = _passages(path, lineno, obj, ("positive_passages", "positives"), required=True)
         neg_ids, neg_texts = _passages(path, lineno, obj, ("negative_passages", "negatives"), required=False)
         yield TrainingExample(qid, query, pos_ids, neg_ids, pos_texts, neg_texts)

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,6 +31,8 @@ from drfast.common.distributed import DistContext
 from drfast.common.doc_ids import DocIdMap
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.encode.encoders import Encoder
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["encode_corpus", "corpus_cache_key", "weights_digest", "DTYPES", "DEFAULT_CACHE"]
 
@@ -71,19 +74,43 @@ def _cache_key(encoder: Encoder, fingerprint: str, dtype: str) -> str:
 def encode_corpus(encoder: Encoder, corpus, cache_dir, dtype: str = "float16", batch_size: int = 32,
                   chunk_size: int = 2048, show_progress: bool = True,
                   dist: Optional[DistContext] = None) -> Tuple[np.memmap, DocIdMap]:
-    """(embeddings [N, d] read-only memmap in corpus order, doc_ids).
+    """Encode `corpus` with `encoder` once, into a cached memory-mapped matrix.
 
-    `corpus` needs `__len__`, `doc_ids`, `texts(indices)`, `lengths` and `fingerprint()`.
-    Documents go longest first (by `lengths`), in chunks of `chunk_size`; each finished chunk is
-    saved on its own, so an interrupted run resumes where it stopped.
+    Documents go longest first (an out-of-memory error shows up at once), in chunks of `chunk_size`;
+    each finished chunk is saved atomically on its own, so an interrupted run resumes where it stopped.
+    The cache key covers the model's weights, tokenizer, pooling, normalisation, max length, dtype and
+    the corpus, so a second call with the same inputs reads the cache.
 
-    dist: with a DistContext of several ranks, collective (every rank calls it with the same
-    arguments): the missing chunks are shared out among the ranks (chunk i of them to rank i mod W:
-    the longest documents come first, so contiguous blocks would load rank 0 most), each rank saves
-    its chunks, and after every rank is done rank 0 assembles them into the cache, the same files a
-    single process writes (bit-identical embeddings when the encoder is deterministic on the ranks'
-    devices). `cache_dir` must be one folder seen by every rank (a shared filesystem across machines).
-    A resumed run may have another world size: a chunk file is the same whoever wrote it.
+    Parameters
+    ----------
+    encoder : Encoder
+        The document tower.
+    corpus : Corpus
+        Anything with ``__len__``, ``doc_ids``, ``texts(indices)``, ``lengths`` and ``fingerprint()``.
+    cache_dir : str or os.PathLike
+        The cache folder (one folder every rank sees, under torch.distributed).
+    dtype : {"float16", "float32"}
+        Storage of the embeddings.
+    batch_size : int
+        Documents per encoder batch.
+    chunk_size : int
+        Documents per resumable chunk.
+    show_progress : bool
+        Show a progress bar.
+    dist : DistContext, optional
+        With several ranks the call is collective (every rank calls it with the same arguments): the
+        missing chunks are shared out, chunk i to rank i mod W (the longest documents come first, so
+        contiguous blocks would load rank 0 most), each rank saves its chunks, and after every rank is
+        done rank 0 assembles them into the cache, the same files a single process writes
+        (bit-identical embeddings when the encoder is deterministic on the ranks' devices). A resumed
+        run may have another world size: a chunk file is the same whoever wrote it.
+
+    Returns
+    -------
+    embeddings : numpy.memmap, [N, d]
+        Read-only, in corpus order.
+    doc_ids : DocIdMap
+        The corpus's ids, one per row.
     """
     _check_encoder(encoder)
     check_choice(dtype, "dtype", DTYPES)
@@ -215,7 +242,7 @@ def _locked(path: str, show_progress: bool):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if show_progress:
-                print(f"waiting for another process encoding into {path[:-5]} ...", flush=True)
+                logger.info("waiting for another process encoding into %s ...", path[:-len(".lock")])
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -2,7 +2,7 @@
 
 Loads a plain Hugging Face folder, a sentence-transformers folder or a hub name, and saves a folder
 that `transformers.AutoModel` and `sentence_transformers.SentenceTransformer` both load with the
-same embeddings. Defaults (DESIGN.md, "Text conventions"): a sentence-transformers folder gives
+same embeddings. Defaults (the project's text conventions): a sentence-transformers folder gives
 both towers its declared pooling, normalisation and max_seq_length; a plain Hugging Face encoder
 gets CLS pooling, no normalisation and 32 / 256 tokens (query / document). Explicit arguments win.
 """
@@ -120,10 +120,29 @@ def _pooling_mode(config: dict, where: str) -> str:
 class Encoder(torch.nn.Module):
     """Texts -> [B, d] float32 embeddings: transformer, attention-mask-aware pooling, optional L2 norm.
 
-    `similarity_scale` is the factor a contrastive loss should multiply inner-product scores by:
-    20.0 when the output is L2-normalised (sentence-transformers' cosine models, whose
-    MultipleNegativesRankingLoss uses scale 20, since cosine scores in [-1, 1] give a nearly flat
-    softmax), else 1.0 (raw inner products, e.g. CLS-pooled DPR/STAR/ADORE models).
+    Usually made by `BiEncoder.load`, which reads a sentence-transformers folder's pooling,
+    normalisation and max length (a plain Hugging Face model gets CLS pooling and 32 / 256 tokens for
+    queries / documents).
+
+    Parameters
+    ----------
+    model, tokenizer
+        A `transformers` model and its tokenizer.
+    pooling : {"cls", "mean"}
+        How token states become one vector.
+    normalize : bool
+        L2-normalise the output.
+    max_length : int
+        Tokens kept per text.
+    do_lower_case : bool
+        Lower-case texts first (as some sentence-transformers models declare).
+    similarity_scale : float, optional
+        The factor a contrastive loss should multiply inner-product scores by. Default: 20.0 when the
+        output is L2-normalised (sentence-transformers' cosine models, whose
+        MultipleNegativesRankingLoss uses scale 20, since cosine scores in [-1, 1] give a nearly flat
+        softmax), else 1.0 (raw inner products, e.g. CLS-pooled DPR/STAR/ADORE models).
+    source : str, optional
+        Where the model came from (a folder or a hub name); recorded with the corpus cache.
     """
 
     def __init__(self, model, tokenizer, pooling: str = "cls", normalize: bool = False, max_length: int = 256,
@@ -245,8 +264,18 @@ class Encoder(torch.nn.Module):
 
 
 class BiEncoder(torch.nn.Module):
-    """A query tower and a document tower. `shared` is True when both wrap the same transformer
-    object (one set of weights, trained once); the towers may still truncate differently."""
+    """A query tower and a document tower.
+
+    ``shared`` is True when both wrap the same transformer object (one set of weights, trained once);
+    the towers may still truncate differently. `BiEncoder.load` builds one from a model name or folder.
+
+    Parameters
+    ----------
+    query_encoder : Encoder
+        The query tower.
+    doc_encoder : Encoder
+        The document tower.
+    """
 
     def __init__(self, query_encoder: Encoder, doc_encoder: Encoder):
         super().__init__()
@@ -279,9 +308,23 @@ class BiEncoder(torch.nn.Module):
 
 
 def save_encoder(encoder: Encoder, path) -> str:
-    """Write `encoder` to the folder `path` atomically (temp dir + rename; an existing folder is
-    replaced). The folder loads with transformers.AutoModel and with SentenceTransformer, and the
-    latter reproduces the Encoder's embeddings (same pooling, normalisation and max length)."""
+    """Write `encoder` to the folder `path` atomically (temp dir + rename; an existing folder is replaced).
+
+    The folder loads with ``transformers.AutoModel`` and with ``SentenceTransformer``, and the latter
+    reproduces the Encoder's embeddings (same pooling, normalisation and max length).
+
+    Parameters
+    ----------
+    encoder : Encoder
+        The encoder to save.
+    path : str or os.PathLike
+        The folder.
+
+    Returns
+    -------
+    str
+        The folder written.
+    """
     if not isinstance(encoder, Encoder):
         raise UsageTypeError("encoder", f"expected an Encoder, got {type(encoder).__name__}")
     path = os.path.abspath(os.fspath(path))

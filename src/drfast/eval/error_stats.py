@@ -1,7 +1,8 @@
 """Pairwise-error statistics of a ranking over the whole corpus (ADORE paper, sec. 4).
 
 Input: each query's positives with their exact 1-based corpus ranks, as the fused search returns them
-(`SearchResult.pos_offsets`, `.pos_ranks`: other positives count, DESIGN.md). For a query whose
+(`SearchResult.pos_offsets`, `.pos_ranks`; a rank counts every row that scores higher, or equal with a
+lower row id, other positives included; see docs/concepts/fused-search.md). For a query whose
 positives rank r_1 < r_2 < ... < r_n, the i-th positive is out of order with e_i = r_i - i negatives:
   total pairwise errors = sum_i e_i            (Eq. 3/5: all (positive, negative) pairs in the wrong order)
   top-K pairwise errors = sum_i min(e_i, K)    (Eq. 6)
@@ -26,6 +27,7 @@ from numba import njit, prange
 from drfast.common.checks import as_int64_vector, check_int
 from drfast.common.csr import offsets_of, row_of_each
 from drfast.common.errors import UsageError
+from drfast.index.protocol import Index
 
 HARDEST_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50)
 KINDS = ("total", "topk")
@@ -198,8 +200,38 @@ def pairwise_errors(pos_offsets, pos_ranks, k: int = 200, n_docs: int = 0,
                     backend: str = "numba") -> Tuple[np.ndarray, np.ndarray]:
     """Per-query (total, top-k) pairwise errors, int64 [Q] each (0 for a query without positives).
 
-    pos_offsets: int [Q+1] CSR offsets; pos_ranks: int [nnz] distinct 1-based corpus ranks of each
-    query's positives (torch tensors are accepted). n_docs > 0 also checks that no rank exceeds it.
+    A positive at rank r with i - 1 other positives above it is out of order with e = r - i
+    negatives; a query's total errors are the sum of e over its positives, its top-k errors the sum
+    of min(e, k) (the ADORE paper's Eq. 5 and 6).
+
+    Parameters
+    ----------
+    pos_offsets : array or tensor, int [Q+1]
+        CSR offsets.
+    pos_ranks : array or tensor, int [nnz]
+        Distinct 1-based corpus ranks of each query's positives.
+    k : int
+        The depth of the top-k errors.
+    n_docs : int
+        When > 0, also checks that no rank exceeds it.
+    backend : {"numba", "numpy"}
+        The numba kernel (compiled on first use, cached on disk) or the same computation vectorised
+        in numpy.
+
+    Returns
+    -------
+    total, topk : numpy.ndarray, int64 [Q]
+
+    Raises
+    ------
+    UsageError
+        Duplicate or out-of-range ranks, naming the query.
+
+    Examples
+    --------
+    >>> import numpy as np, drfast
+    >>> drfast.pairwise_errors(np.array([0, 1, 3]), np.array([1, 3, 20]), k=10, backend="numpy")
+    (array([ 0, 20]), array([ 0, 12]))
     """
     _, total, topk, _, _ = _pass(pos_offsets, pos_ranks, k, n_docs, backend)
     return total, topk
@@ -208,8 +240,29 @@ def pairwise_errors(pos_offsets, pos_ranks, k: int = 200, n_docs: int = 0,
 # ---- aggregates -----------------------------------------------------------------------------------
 def error_statistics(pos_offsets, pos_ranks, k: int = 200, n_docs: int = 0,
                      fractions: Sequence[float] = HARDEST_FRACTIONS, backend: str = "numba") -> Dict:
-    """Per-query errors and their aggregates in one pass: {"total": int64 [Q], "topk": int64 [Q],
-    "summary": {...}} where the summary covers the queries that have positives (see `summarize`)."""
+    """Per-query errors and their aggregates in one pass.
+
+    Parameters
+    ----------
+    pos_offsets, pos_ranks, k, n_docs, backend
+        As in `pairwise_errors`.
+    fractions : sequence of float
+        The shares of hardest queries whose share of all errors the summary reports.
+
+    Returns
+    -------
+    dict
+        ``{"total": int64 [Q], "topk": int64 [Q], "summary": {...}}``, the summary covering the
+        queries that have positives (see `summarize`): ``queries``, ``k``, ``mean_total_errors``,
+        ``mean_topk_errors``, the sums, the distribution over decade bins and ``hardest_share``.
+
+    Examples
+    --------
+    >>> import numpy as np, drfast
+    >>> out = drfast.error_statistics(np.array([0, 1, 3]), np.array([1, 3, 20]), k=10, backend="numpy")
+    >>> out["total"], out["topk"], out["summary"]["mean_total_errors"]
+    (array([ 0, 20]), array([ 0, 12]), 10.0)
+    """
     offsets, total, topk, hist, k = _pass(pos_offsets, pos_ranks, k, n_docs, backend)
     has = offsets[1:] > offsets[:-1]
     with_pos = (total, topk) if has.all() else (total[has], topk[has])  # no copy in the usual case
@@ -288,7 +341,7 @@ def _percent(f: float) -> str:
     return f"{f * 100:g}%"
 
 
-def exact_positive_ranks(index, query_embeddings, positives_rows: Sequence[Sequence[int]],
+def exact_positive_ranks(index: Index, query_embeddings, positives_rows: Sequence[Sequence[int]],
                          batch_size: int = 64, steps: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(pos_offsets int64 [Q+1], pos_ranks int64 [nnz]): each positive's 1-based rank over the whole index,
     from fused searches of `batch_size` queries (memory O(batch_size * block), never [Q, N]).

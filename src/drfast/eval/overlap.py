@@ -33,6 +33,7 @@ from drfast.common.checks import as_int64_vector, check_int
 from drfast.common.csr import check_offsets
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.flat import FlatIndex
+from drfast.index.protocol import Index
 from drfast.negatives.mining import MiningConfig, mine_from_index
 from drfast.search.rank_metrics import mean_mrr
 
@@ -111,18 +112,42 @@ def reencoded_index(doc_encoder, corpus, batch_size: int = 64, chunk_size: int =
 
 
 class NegativeOverlapHook:
-    """Static-vs-dynamic negative overlap and training MRR@10 (the keys of the module docstring).
+    """Static-vs-dynamic negative overlap and training MRR@10, as a trainer hook (the ADORE paper's
+    Figure 4a).
 
-    queries {qid: text}, positives {qid: [doc_id]}, static_negatives {qid: [doc_id], hardest first}
-    (only the first k count, after removing positives). k: size of the dynamic top-K (and the cap on
-    S). max_queries (None: all), seed: the fixed sample of queries. batch_size: queries per search
-    (and texts per encoder batch).
+    Before the first step and every N steps it encodes a fixed, seeded sample of the training queries,
+    runs one fused search over the index and logs ``static_overlap`` (the mean over those queries of
+    ``|S ∩ D| / |S|``, S the query's static negatives, D its current top-K non-positive documents) and
+    ``train_mrr10`` (MRR@10 of the same queries, from the positives' exact ranks).
 
-    Which model and index: the query encoder is `trainer.encoder` (AdoreTrainer) or
-    `trainer.model.query_encoder` (StarTrainer); the index is `index_fn(trainer)` when given, else
-    `trainer.index` (ADORE's fixed index), else, for a trainer with `.model.doc_encoder` and
-    `.corpus` (StarTrainer, whose document tower changes), `reencoded_index` of the corpus: a whole
-    corpus encoding per call. Row ids map to document ids through `index.doc_ids`.
+    Parameters
+    ----------
+    queries : mapping
+        ``{qid: text}``.
+    positives : mapping
+        ``{qid: [doc_id, ...]}``.
+    static_negatives : mapping
+        ``{qid: [doc_id, ...]}``, hardest first (only the first k count, after removing positives).
+    k : int
+        The size of the dynamic top-K (and the cap on S).
+    max_queries : int, optional
+        The size of the sample (None: all queries).
+    seed : int
+        The seed of the fixed sample.
+    batch_size : int
+        Queries per search (and texts per encoder batch).
+    index_fn : callable, optional
+        ``index_fn(trainer)`` gives the index to search.
+
+    Notes
+    -----
+    The query encoder is ``trainer.encoder`` (AdoreTrainer) or ``trainer.model.query_encoder``
+    (StarTrainer); the index is ``index_fn(trainer)`` when given, else ``trainer.index`` (ADORE's
+    fixed index), else, for a trainer with ``.model.doc_encoder`` and ``.corpus`` (StarTrainer, whose
+    document tower changes), the corpus re-encoded with the current document tower: a whole corpus
+    encoding per call. Row ids map to document ids through ``index.doc_ids``. Use it in a trainer's
+    ``hooks`` as ``(every, hook)``; `NegativeOverlapHook.from_index` mines the static negatives from
+    the starting encoder, so the overlap starts at 1.0.
     """
 
     def __init__(self, queries: Mapping, positives: Mapping, static_negatives: Mapping, k: int = 200,
@@ -158,7 +183,7 @@ class NegativeOverlapHook:
         self._rows: Tuple[List[List[int]], List[List[int]]] = ([], [])
 
     @classmethod
-    def from_index(cls, index, query_encoder, queries: Mapping, positives: Mapping, k: int = 200,
+    def from_index(cls, index: Index, query_encoder, queries: Mapping, positives: Mapping, k: int = 200,
                    max_queries: Optional[int] = 1000, seed: int = 0, batch_size: int = 64,
                    index_fn: Optional[Callable[[Any], Any]] = None) -> "NegativeOverlapHook":
         """A hook whose static negatives are `query_encoder`'s top-k non-positive rows of `index` now,

@@ -9,15 +9,35 @@ from tqdm.auto import tqdm
 
 from drfast.common.distributed import current, slice_of
 from drfast.common.errors import UsageError
+from drfast.index.protocol import Index
 from drfast.index.sharded import ShardedIndex
 
 
-def retrieve(index, query_encoder, queries: Dict[str, str], k: int = 100, batch_size: int = 64,
+def retrieve(index: Index, query_encoder, queries: Dict[str, str], k: int = 100, batch_size: int = 64,
              show_progress: bool = True) -> Optional[Dict[str, Dict[str, float]]]:
-    """Run dict {qid: {doc_id: score}} of each query's top-k by the fused search.
+    """Run dict ``{qid: {doc_id: score}}`` of each query's top-k by the fused search.
 
-    With a ShardedIndex, collective (every rank passes the same queries): see `_retrieve_sharded`;
-    the whole run comes back on rank 0, None on the others."""
+    Parameters
+    ----------
+    index : Index
+        A FlatIndex, PQIndex or ShardedIndex (whose doc_ids name the rows).
+    query_encoder : Encoder
+        Encodes the query texts.
+    queries : dict
+        ``{qid: text}``.
+    k : int
+        Documents per query.
+    batch_size : int
+        Queries per encoder batch.
+    show_progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict or None
+        The run; with a ShardedIndex the call is collective (every rank passes the same queries) and
+        the whole run comes back on rank 0, None on the others.
+    """
     if isinstance(index, ShardedIndex):
         return _retrieve_sharded(index, query_encoder, queries, k, batch_size, show_progress)
     qids = list(queries)

@@ -21,6 +21,7 @@ The vectorised path used during training, from the exact corpus ranks alone, is
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -28,7 +29,10 @@ from functools import lru_cache
 import numpy as np
 
 from drfast.common.atomic import write_text_atomic
-from drfast.common.errors import UsageError
+from drfast.common.doc_ids import id_problem
+from drfast.common.errors import UsageError, UsageTypeError
+from drfast.common.text_lines import DataFormatError, iter_lines
+from drfast.data.loaders import MAX_GRADE
 
 __all__ = [
     "evaluate",
@@ -106,10 +110,41 @@ def _resolve(name: str) -> tuple[int | None, str, str]:
 def evaluate(run, qrels, measures=DEFAULT_MEASURES, per_query=False):
     """trec_eval -c measures of ``run`` against ``qrels``, computed by pytrec_eval.
 
-    run:   {qid: {docid: score}}; qrels: {qid: {docid: graded relevance}}, 0 = judged non-relevant,
-           relevant means >= 1 (trec_eval's default ``-l 1``); ids are str.
-    Returns {measure: mean over every qrels query}; with ``per_query=True`` returns
-    ``(means, {measure: {qid: value}})``. See the module docstring for order and averaging rules.
+    See the module docstring for the order and averaging rules.
+
+    Parameters
+    ----------
+    run : dict
+        ``{qid: {docid: score}}``; ids are str.
+    qrels : dict
+        ``{qid: {docid: graded relevance}}``; 0 is judged non-relevant, relevant means >= 1
+        (trec_eval's default ``-l 1``). Grades are whole numbers (ints, or floats like 2.0) in
+        [-MAX_GRADE, MAX_GRADE], as ``load_qrels`` requires.
+    measures : sequence of str
+        ``"nDCG@k"``, ``"MRR@k"``, ``"R@k"``, ``"P@k"``, ``"MAP"`` or a trec_eval measure naming
+        one value (``"map"``, ``"ndcg_cut_20"``, ...). Default: nDCG@10, MRR@10, MRR@100, R@100.
+    per_query : bool
+        Also return each query's values.
+
+    Returns
+    -------
+    dict or tuple
+        ``{measure: mean over every qrels query}``; with ``per_query=True``,
+        ``(means, {measure: {qid: value}})``.
+
+    Raises
+    ------
+    UsageError
+        An empty or unknown measure, empty qrels, a NaN score in the run, or a grade that is not a
+        whole number (refused, naming ``qrels``, rather than truncated).
+
+    Examples
+    --------
+    >>> import drfast
+    >>> run = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d3": 1.0}}
+    >>> qrels = {"q1": {"d2": 1}, "q2": {"d4": 1}}
+    >>> drfast.evaluate(run, qrels, ["MRR@10"])  # q1: 1/2, q2: not found
+    {'MRR@10': 0.25}
     """
     import pytrec_eval
 
@@ -121,7 +156,7 @@ def evaluate(run, qrels, measures=DEFAULT_MEASURES, per_query=False):
         raise UsageError("qrels", "no queries (trec_eval has nothing to average over)")
 
     # pytrec_eval wants exact int / float objects; numpy scalars are rejected by its C layer.
-    judged = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items() if len(docs)}
+    judged = {q: {d: _grade(q, d, r) for d, r in docs.items()} for q, docs in qrels.items() if len(docs)}
     # -c: a qrels query missing from the run gets an empty ranking; run-only queries never reach trec_eval.
     ranked = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged}
     bad = next((q for q, docs in ranked.items() if any(s != s for s in docs.values())), None)
@@ -150,6 +185,22 @@ def evaluate(run, qrels, measures=DEFAULT_MEASURES, per_query=False):
         per_q[name] = {q: float(res[q][key]) if q in res else 0.0 for q in qrels}
     means = {name: float(np.mean(list(v.values()))) for name, v in per_q.items()}
     return (means, per_q) if per_query else means
+
+
+def _grade(qid: str, docid: str, grade) -> int:
+    """`grade` as an int, by the rule of the qrels loader (`drfast.data.load_qrels`): a whole number in
+    [-MAX_GRADE, MAX_GRADE]. A fractional grade is refused rather than truncated (int(0.9) would make
+    a relevant document non-relevant without a word)."""
+    where = f"query {qid!r}, document {docid!r}"
+    if not isinstance(grade, numbers.Real):
+        raise UsageTypeError("qrels", f"{where}: the grade is a {type(grade).__name__} ({grade!r}); "
+                             "expected an integer")
+    if not math.isfinite(grade) or int(grade) != grade:
+        raise UsageError("qrels", f"{where}: grade {grade!r} is not a whole number; trec_eval's grades are integers "
+                         "(round them first: load_qrels(..., round_grades=True) rounds half to even)")
+    if abs(int(grade)) > MAX_GRADE:
+        raise UsageError("qrels", f"{where}: grade {grade!r} is outside [-{MAX_GRADE}, {MAX_GRADE}]")
+    return int(grade)
 
 
 # ----------------------------------------------------------------------------------------- run files
@@ -183,18 +234,23 @@ def read_trec_run(path) -> dict[str, dict[str, float]]:
     """Read a TREC run file into {qid: {docid: score}}, documents in file order (the rank column is ignored,
     as trec_eval ignores it)."""
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rank score tag', got {line.rstrip()!r}")
-            qid, _, docid, _, score, _ = fields
-            docs = run.setdefault(qid, {})
-            if docid in docs:
-                raise ValueError(f"{path}:{lineno}: document {docid!r} appears twice for query {qid!r}")
-            docs[docid] = float(score)
+    for lineno, line in iter_lines(path):  # UTF-8, a byte-order mark, CRLF: the package's one line reader
+        fields = line.split()
+        if len(fields) != 6:
+            raise DataFormatError(path, lineno, f"expected 'qid Q0 docid rank score tag', got {line.rstrip()!r}")
+        qid, _, docid, _, score, _ = fields
+        for what, ident in (("qid", qid), ("docid", docid)):
+            problem = id_problem(ident)
+            if problem:
+                raise DataFormatError(path, lineno, f"{what} {ident!r} {problem}")
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataFormatError(path, lineno, f"expected a number as the score, got {score!r}") from None
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise DataFormatError(path, lineno, f"document {docid!r} appears twice for query {qid!r}")
+        docs[docid] = value
     return run
 
 

@@ -5,8 +5,8 @@ DiskANN `.fbin` (float32) / `.f16bin` (float16) file: an int32 row count N, an i
 then N*d values row-major, opened as a memmap after the file size is checked against the header.
 Nothing is read into memory here: the rows stay on disk until an index reads them.
 
-Document ids: a text file with one id per line (UTF-8; a final line end and CRLF line ends are
-accepted), one per row, unique.
+Document ids: a text file with one id per line (UTF-8; a byte-order mark, a final line end and CRLF
+line ends are accepted), one per row, unique, each without whitespace or control characters.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from drfast.common.doc_ids import DocIdMap
+from drfast.common.doc_ids import DocIdMap, read_id_file
 from drfast.common.errors import UsageError
+from drfast.common.text_lines import DataFormatError
 
 PathLike = Union[str, os.PathLike]
 BIN_DTYPES = {".fbin": np.dtype("<f4"), ".f16bin": np.dtype("<f2")}
@@ -85,27 +86,19 @@ def _fits_other(size: int, n: int, d: int, dtype: np.dtype) -> bool:
 
 def read_doc_ids(path: PathLike, expected: Optional[int] = None, name: str = "doc_ids") -> DocIdMap:
     """The ids of a text file with one id per line, as a DocIdMap; errors start with `name` and name
-    the file: an unreadable file, a count other than `expected`, an empty line or a duplicate id."""
+    the file: an unreadable file, a count other than `expected`, and (naming the line) bad UTF-8, an
+    empty line, an id that breaks the id rule of `common.doc_ids` (whitespace, control characters) or
+    a duplicate id. A byte-order mark and CRLF line ends are accepted (`common.text_lines`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise FileNotFoundError(f"{name}: cannot read {path} ({e.strerror or e})") from None
-    if b"\x00" in data:
-        raise UsageError(name, f"{path} contains a NUL character; expected a text file with one id per line")
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final line end
-    lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
-    if expected is not None and len(lines) != expected:
-        raise UsageError(name, f"{path} holds {len(lines)} ids but the embeddings have {expected} rows "
-                         "(one id per row, one per line)")
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(name, f"{path} is not UTF-8 text ({e})") from None
-    ids = np.array(lines, dtype=np.bytes_) if lines else np.zeros(0, "S1")
-    empty = np.flatnonzero(np.char.str_len(ids) == 0) if ids.size else ids
-    if empty.size:
-        raise UsageError(name, f"{path}, line {int(empty[0]) + 1} is empty; every line must hold an id")
+        ids = read_id_file(path, data, "id")
+    except DataFormatError as e:
+        raise UsageError(name, str(e)) from None
+    if expected is not None and len(ids) != expected:
+        raise UsageError(name, f"{path} holds {len(ids)} ids but the embeddings have {expected} rows "
+                         "(one id per row, one per line)")
     return DocIdMap(ids, name=f"{name}: {path}")  # refuses duplicates, naming both rows

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from drfast.common.arrays import to_numpy
 from drfast.common.errors import UsageError, UsageTypeError
 
 KSUB = 256  # 8-bit codes, as PQIndex
@@ -175,7 +176,7 @@ def flat_to_faiss(emb: Any):
     """faiss.IndexFlatIP with the rows of `emb` [N, d] (float16 rows are widened to float32, exactly)."""
     import faiss
 
-    emb = emb.cpu().numpy() if isinstance(emb, torch.Tensor) else emb
+    emb = to_numpy(emb)
     out = faiss.IndexFlatIP(emb.shape[1])
     for start in range(0, emb.shape[0], 1 << 16):  # converts one chunk at a time, not the whole matrix
         out.add(np.ascontiguousarray(emb[start:start + (1 << 16)], dtype=np.float32))
@@ -188,15 +189,15 @@ def pq_to_faiss(centroids: torch.Tensor, codes: Any, rotation: Optional[torch.Te
     import faiss
 
     m, _, dsub = centroids.shape
-    codes = codes.cpu().numpy() if isinstance(codes, torch.Tensor) else codes
+    codes = to_numpy(codes)
     out = faiss.IndexPQ(m * dsub, m, 8, faiss.METRIC_INNER_PRODUCT)
-    faiss.copy_array_to_vector(np.ascontiguousarray(centroids.detach().cpu().numpy()).ravel(), out.pq.centroids)
+    faiss.copy_array_to_vector(to_numpy(centroids, contiguous=True).ravel(), out.pq.centroids)
     out.is_trained = True
     out.add_sa_codes(np.ascontiguousarray(codes))
     if rotation is None:
         return out
     opq = faiss.OPQMatrix(m * dsub, m)
-    faiss.copy_array_to_vector(np.ascontiguousarray(rotation.cpu().numpy()).ravel(), opq.A)
+    faiss.copy_array_to_vector(to_numpy(rotation, contiguous=True).ravel(), opq.A)
     opq.is_trained = True
     opq.set_is_orthonormal()  # lets faiss's reverse_transform use R^T, as PQIndex.reconstruct does
     return faiss.IndexPreTransform(opq, out)

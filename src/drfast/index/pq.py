@@ -11,11 +11,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from drfast.common.arrays import as_tensor, to_numpy
 from drfast.common.checks import check_bool, check_int
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.faiss_interop import pq_to_faiss
-from drfast.index.format import check_rows, doc_id_map, read_array, read_doc_ids, write_index_dir
-from drfast.search.dispatch import pq_search
+from drfast.index.format import PathLike, check_rows, doc_id_map, read_array, read_doc_ids, read_meta, write_index_dir
+from drfast.search.backend import SearchRequest
+from drfast.search.fused import pq_search, pq_search_request
 from drfast.search.result import SearchResult
 from drfast.search.validate import check_embeddings
 
@@ -55,9 +57,37 @@ def _faiss_quiet():
 class PQIndex:
     """Inner-product index over PQ codes: scores are <query, decoded row> (asymmetric distance).
 
-    centroids: [m, 256, d/m] float32 torch tensor (trainable by later stages), codes: [N, m] uint8,
-    rotation: optional [d, d] orthogonal OPQ matrix R (rows are encoded as PQ(R x); queries are
-    rotated the same way, and `reconstruct` maps decoded rows back with R^T).
+    Build one with `PQIndex.train` (faiss codebooks) or from faiss with `drfast.load_faiss_index`.
+    Search results follow the fused-search contract (docs/concepts/fused-search.md); a positive's
+    score equals the dot product with its `reconstruct`-ed row up to float rounding.
+
+    Parameters
+    ----------
+    centroids : torch.Tensor, float32 [m, 256, d/m]
+        The codebooks (trainable by later stages: JPQ).
+    codes : array or tensor, uint8 [N, m]
+        Each row's code.
+    rotation : array or tensor, float32 [d, d], optional
+        An orthogonal OPQ matrix R: rows are encoded as PQ(R x), queries are rotated the same way,
+        and `reconstruct` maps decoded rows back with R^T.
+    doc_ids : sequence of str, optional
+        The external document ids of the rows (default "0" .. "N-1").
+
+    Examples
+    --------
+    >>> import warnings, numpy as np, drfast
+    >>> rng = np.random.default_rng(0)
+    >>> emb = rng.standard_normal((1000, 16)).astype(np.float32)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # 1,000 rows: fewer than faiss recommends for 256 centroids
+    ...     index = drfast.PQIndex.train(emb, m=4, seed=0)
+    >>> index
+    PQIndex(ntotal=1000, dim=16, m=4, opq=False, device=cpu)
+    >>> q = rng.standard_normal((2, 16)).astype(np.float32)
+    >>> res = index.search(q, k=5, positives=[[3], [10]])
+    >>> decoded = index.reconstruct([3, 10]).numpy()
+    >>> bool(np.allclose(res.pos_scores, (q * decoded).sum(1), atol=1e-5))
+    True
     """
 
     kind = "pq"
@@ -87,12 +117,32 @@ class PQIndex:
     @classmethod
     def train(cls, emb: Any, m: int = 48, nbits: int = 8, seed: int = 0, opq: bool = False,
               max_train: int = 65536, doc_ids: Optional[Sequence[str]] = None) -> "PQIndex":
-        """Train codebooks with faiss (k-means per sub-space on up to `max_train` rows sampled with
-        `seed`; OPQ rotation first when `opq`) and encode every row to uint8 codes."""
+        """Train codebooks with faiss and encode every row to uint8 codes.
+
+        Parameters
+        ----------
+        emb : array or tensor, float32 or float16 [N, d]
+            The rows.
+        m : int
+            Sub-quantizers (bytes per row); d must be a multiple of m.
+        nbits : int
+            Bits per sub-quantizer code (only 8 is supported).
+        seed : int
+            The seed of the row sample and of faiss's k-means.
+        opq : bool
+            Learn an OPQ rotation first.
+        max_train : int
+            k-means runs per sub-space on up to this many rows, sampled with `seed`.
+        doc_ids : sequence of str, optional
+            The external document ids of the rows.
+
+        Returns
+        -------
+        PQIndex
+        """
         import faiss
 
-        emb = check_embeddings(emb, "emb")
-        emb = emb.cpu().numpy() if isinstance(emb, torch.Tensor) else emb
+        emb = to_numpy(check_embeddings(emb, "emb"))
         n, d = emb.shape
         if check_int(nbits, "nbits") != 8:
             raise UsageError("nbits", f"only 8-bit codes are supported, got {nbits}")
@@ -104,6 +154,13 @@ class PQIndex:
         check_bool(opq, "opq")
         if n < KSUB:
             raise UsageError("emb", f"PQ training needs at least {KSUB} rows (one per centroid), got {n}")
+        if opq and min(n, max_train) < d:
+            # faiss's OPQMatrix::train sizes a buffer [n, d] that receives a [d, d] product: with fewer
+            # rows than dimensions it writes past the buffer and aborts (or spins) inside faiss.
+            param = "emb" if n < d else "max_train"
+            raise UsageError(param, f"OPQ training needs at least as many rows as dimensions ({d}), got "
+                             f"{min(n, max_train)} ({'rows' if n < d else 'max_train'}); use pq:{m} (no rotation) "
+                             f"or {'more rows' if n < d else f'max_train >= {d}'}")
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, max_train), replace=False))
         train_x = np.ascontiguousarray(emb[sample], dtype=np.float32)
@@ -152,15 +209,9 @@ class PQIndex:
     def to(self, device: Any) -> "PQIndex":
         """The same index with centroids and codes on `device` ("cpu" keeps numpy codes)."""
         device = torch.device(device)
-        codes = self.codes
-        if device.type == "cpu":
-            codes = codes.cpu().numpy() if isinstance(codes, torch.Tensor) else codes
-        else:
-            codes = torch.as_tensor(codes).to(device)
-        out = PQIndex.__new__(PQIndex)
-        out.centroids, out.codes, out.doc_ids = self.centroids.to(device), codes, self.doc_ids
-        out.rotation = None if self.rotation is None else self.rotation.to(device)
-        return out
+        codes = to_numpy(self.codes) if device.type == "cpu" else as_tensor(self.codes).to(device)
+        rotation = None if self.rotation is None else self.rotation.to(device)
+        return PQIndex(self.centroids.to(device), codes, rotation, self.doc_ids)  # doc ids shared, not copied
 
     # ---- scoring ----------------------------------------------------------------------------
     def lookup_tables(self, queries: torch.Tensor) -> torch.Tensor:
@@ -189,11 +240,18 @@ class PQIndex:
         return x if self.rotation is None else x @ self.rotation
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
-               backend: Optional[str] = None, chunk_rows: Optional[int] = None) -> SearchResult:
-        """Same contract as FlatIndex.search (k, positives and errors alike); scores are <query,
+               backend: Optional[str] = None, chunk_rows: Optional[int] = None,
+               rank_depth: Optional[int] = None) -> SearchResult:
+        """Same contract as FlatIndex.search (k, positives, rank_depth and errors alike); scores are <query,
         reconstruct(row)> up to float rounding, computed as sums of per-query lookup-table entries in one
         pass over the codes. `codes` must still be [N, m] uint8 and the centroids finite (checked per search)."""
-        return pq_search(queries, self, k, positives, cutoff, backend, chunk_rows)
+        return pq_search(queries, self, k, positives, cutoff, backend, chunk_rows, rank_depth=rank_depth)
+
+    def search_request(self, request: SearchRequest, luts: Any = None) -> SearchResult:
+        """`search` of a search.backend.SearchRequest, which may also give the positives' scores
+        (`pos_scores`) and, in `luts`, the lookup tables of the queries (the sharded search's local step:
+        tables computed by the rank that owns each query; request.queries may then be None)."""
+        return pq_search_request(request, self, luts)
 
     # ---- persistence ------------------------------------------------------------------------
     def to_faiss(self):
@@ -206,14 +264,16 @@ class PQIndex:
         anything else there is refused."""
         meta = {"kind": self.kind, "ntotal": self.ntotal, "dim": self.dim, "m": self.m, "nbits": 8,
                 "opq": self.rotation is not None}
-        arrays = {"codes": self.codes.cpu().numpy() if isinstance(self.codes, torch.Tensor) else self.codes,
-                  "centroids": self.centroids.detach().cpu().numpy()}
+        arrays = {"codes": to_numpy(self.codes), "centroids": to_numpy(self.centroids)}
         if self.rotation is not None:
-            arrays["rotation"] = self.rotation.cpu().numpy()
+            arrays["rotation"] = to_numpy(self.rotation)
         write_index_dir(path, meta, arrays, self.doc_ids)
 
     @classmethod
-    def _load(cls, path: Path, meta: dict, mmap: bool) -> "PQIndex":
+    def load(cls, path: PathLike, mmap: bool = True, meta: Optional[dict] = None) -> "PQIndex":
+        """The PQIndex saved in the folder `path` (codes memory-mapped when `mmap`; `meta`: its
+        meta.json, read when None)."""
+        meta = read_meta(path) if meta is None else meta
         n, d, m = meta["ntotal"], meta["dim"], meta.get("m")
         if not isinstance(m, int) or m < 1 or d % m:
             raise ValueError(f"{Path(path) / 'meta.json'}: 'm' must be a positive divisor of dim {d}, got {m!r}")

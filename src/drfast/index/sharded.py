@@ -12,7 +12,7 @@ searches its index directly). Works with gloo on the CPU and NCCL (tensors on th
 Why it is exact
 ---------------
 - A positive's score is computed ONCE, by the shard that owns it, with the scan's own pair scorer
-  (search.dispatch.positive_scores: the native kernels' score_pair, bit-identical to their block
+  (search.fused.positive_scores: the native kernels' score_pair, bit-identical to their block
   scan; the exact score for a two-stage index), and shared bit for bit (an integer sum of the float
   bits with zeros). Every shard then scans with these given scores (search kernels' pos_scores_in)
   and counts its rows ranking before each positive. A positive of another shard is passed as the
@@ -29,44 +29,123 @@ Why it is exact
 
 Protocol of one search, with the bytes each rank sends (W ranks, B_r queries and nnz_r positives on
 rank r, B = sum B_r, nnz = sum nnz_r, Bmax = max B_r, k_s = min(k, N_s); ring collectives):
-  0. meta      all_gather int64 [5] (B_r, nnz_r, k, cutoff, error flag)            40 (W-1)
+  0. meta      all_gather int64 [4 + W] (B_r, nnz_r, k, cutoff, W failure flags)  (4 + W) 8 (W-1)
   1. queries   all_gather [Bmax, d] float32 (flat)  or [Bmax, m, 256] float32 (PQ tables)
                                                                     Bmax d 4 (W-1)  | Bmax m 1024 (W-1)
   2. positives all_gather int64 [Bmax + max nnz_r]  (per-query counts, global ids)  (Bmax + nnzmax) 8 (W-1)
-  3. scores    all_reduce int32 [nnz + 1]: owners' positive scores (float bits), error flag
-                                                                                   ~2 (nnz + 1) 4 (W-1)/W
+  3. scores    all_reduce int32 [nnz + W]: owners' positive scores (float bits), failure flags
+                                                                                   ~2 (nnz + W) 4 (W-1)/W
   4. local search over all B queries (top-k_s, counts of rows before each positive)
-  5. counts    all_reduce int64 [nnz + 1] (+ error flag)                           ~2 (nnz + 1) 8 (W-1)/W
+  5. counts    all_reduce int64 [nnz + W] (+ failure flags)                        ~2 (nnz + W) 8 (W-1)/W
   6. top-k     all_to_all float32 + int64: shard s sends rank r its [B_r, k_s]     (B - B_s) k_s 12
   7. merge per rank: first k of W k_s candidates, ranks = 1 + counts, pair weights (no communication)
 `reconstruct(rows)` (collective, each rank its own global rows): all_to_all of the per-owner counts
 and row ids (n 8), then of the rows (flat: n d 4 float32) or their codes (PQ: n m uint8, decoded by
 the requesting rank with its own centroids, so gradients reach its centroids).
 A search that fails on one rank (bad arguments, overflow) raises on every rank instead of hanging:
-the failing rank its own error, the others a RuntimeError naming it.
+the failing rank its own error, the others a RuntimeError naming it. Steps 0, 3 and 5 carry W failure
+flags (1 at the failing rank's place) inside their own collective, so agreeing costs no extra round
+(ShardedIndex._agreed); each step is one method (`_agree_on_arguments` ... `_merge`).
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from drfast.common.distributed import current, slice_of
+from drfast.common.arrays import as_tensor, to_numpy
+from drfast.common.distributed import current, raise_if_failed, slice_of
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.index.flat import FlatIndex
 from drfast.index.format import check_rows, doc_id_map
 from drfast.index.pq import PQIndex
 from drfast.index.spec import parse_index_spec
-from drfast.search.dispatch import as_tensor, choose_backend, flat_search, pq_search, positive_scores
+from drfast.search.backend import SearchRequest, choose_backend
+from drfast.search.fused import positive_scores
 from drfast.search.result import SearchResult
 from drfast.search.torch_path import ordered_topk, pair_weights
-from drfast.search.two_stage import two_stage_search
-from drfast.search.validate import check_cutoff, check_k, check_positives, check_queries
+from drfast.search.validate import check_cutoff, check_k, check_positives, check_queries, check_rank_depth
 
 _KINDS = {"flat": 0, "pq": 1}
+
+
+@dataclass(frozen=True)
+class _Local:
+    """This rank's checked search arguments."""
+    queries: torch.Tensor
+    offsets: np.ndarray
+    ids: np.ndarray
+    k: int
+    cutoff: int
+    backend: str
+    rank_depth: Optional[int]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One search over all ranks as agreed in step 0: this rank's arguments, every rank's B and nnz."""
+    mine: _Local
+    chunk_rows: Optional[int]
+    Bs: List[int]
+    nnzs: List[int]
+    rank: int
+
+    @property
+    def k(self) -> int:
+        return self.mine.k
+
+    @property
+    def B(self) -> int:
+        return self.Bs[self.rank]
+
+    @property
+    def nnz(self) -> int:
+        return self.nnzs[self.rank]
+
+    @property
+    def Bmax(self) -> int:
+        return max(self.Bs)
+
+    @property
+    def nnzmax(self) -> int:
+        return max(self.nnzs)
+
+    @property
+    def B_all(self) -> int:
+        return sum(self.Bs)
+
+    @property
+    def nnz_all(self) -> int:
+        return sum(self.nnzs)
+
+    @property
+    def first_positive(self) -> int:
+        """Where this rank's positives start among all ranks' (rank order)."""
+        return sum(self.nnzs[: self.rank])
+
+
+class _Clock:
+    """Seconds and bytes this rank sent per step of one search (ShardedIndex.last_search_stats)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self.bytes_sent = device, {}, {}
+        self.last = time.perf_counter()
+
+    def lap(self, step: str, nbytes: float) -> None:
+        if self.device.type == "cuda":  # the collectives run asynchronously on the GPU
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self.last
+        self.bytes_sent[step] = self.bytes_sent.get(step, 0) + int(nbytes)
+        self.last = now
+
+    def stats(self) -> dict:
+        return {"seconds": {**self.seconds, "total": sum(self.seconds.values())},
+                "bytes_sent": {**self.bytes_sent, "total": sum(self.bytes_sent.values())}}
 
 
 def _dist():
@@ -79,16 +158,37 @@ def _dist():
 
 
 class ShardedIndex:
-    """The rows of every rank's `local_index`, in rank order, as one index (see the module docstring).
+    """The rows of every rank's `local_index`, in rank order, as one index.
 
-    local_index: a FlatIndex (first_pass or not) or a PQIndex; the same kind, dim (and dtype / PQ
-    codebooks) on every rank. group: the torch.distributed process group (None: the default group).
-    Construction is collective (it gathers the ranks' sizes). Attributes: ntotal (global rows), dim,
-    row_offset and local_rows (this rank's global range), sizes (every rank's ntotal),
-    last_search_stats (per step of the last search: seconds and bytes this rank sent).
-    The global doc ids are not gathered: `local_index.doc_ids` names rows local_rows; `doc_ids`
-    (optional, the same on every rank) names all ntotal rows and is kept as `self.doc_ids` (a DocIdMap,
-    compact: what the evaluation pipelines translate the global rows of results with).
+    Each rank holds a contiguous range of the global rows; `search` is collective and returns each
+    rank the result for its own queries, bit-identical to one index over all rows (the module
+    docstring and docs/concepts/sharded.md give the protocol). Construction is collective too (it
+    gathers the ranks' sizes) and needs an initialised torch.distributed process group.
+
+    Parameters
+    ----------
+    local_index : FlatIndex or PQIndex
+        This rank's rows (a FlatIndex with or without a first pass, or a PQIndex); the same kind, dim
+        (and dtype / PQ codebooks) on every rank.
+    group : torch.distributed group, optional
+        The process group (None: the default group).
+    doc_ids : sequence of str, optional
+        The same on every rank: the ids of all ntotal rows, kept as ``self.doc_ids`` (a compact
+        DocIdMap, what the evaluation pipelines translate the global rows of results with). The global
+        ids are not gathered otherwise: ``local_index.doc_ids`` names this rank's rows.
+
+    Attributes
+    ----------
+    ntotal : int
+        Global rows.
+    dim : int
+        The dimension.
+    row_offset, local_rows
+        This rank's global range.
+    sizes : list of int
+        Every rank's ntotal.
+    last_search_stats : dict
+        Per step of the last search: seconds and bytes this rank sent.
     """
 
     def __init__(self, local_index: Any, group: Any = None, doc_ids: Optional[Sequence[str]] = None):
@@ -101,7 +201,7 @@ class ShardedIndex:
         self.rank = dist.get_rank(group)
         self.comm_device = (torch.device("cuda", torch.cuda.current_device())
                             if dist.get_backend(group) == "nccl" else torch.device("cpu"))
-        self.last_search_stats: Optional[dict] = None
+        self._last_search_stats: Optional[dict] = None
         info = torch.tensor([local_index.ntotal, local_index.dim, _KINDS[local_index.kind], self._fingerprint()],
                             dtype=torch.int64)
         every = self._all_gather_equal(info).cpu()
@@ -131,8 +231,8 @@ class ShardedIndex:
         if isinstance(index, PQIndex):
             local = PQIndex(index.centroids, index.codes[lo:hi], index.rotation)
         else:
-            fp = index._first_pass
-            local = FlatIndex(index.emb[lo:hi], first_pass=index.first_pass, refine=fp is None or fp.refine)
+            data = index.first_pass_data
+            local = FlatIndex(index.emb[lo:hi], first_pass=index.first_pass_kind, refine=data is None or data.refine)
         return cls(local, doc_ids=index.doc_ids if doc_ids is None else doc_ids)
 
     # ---- properties -----------------------------------------------------------------------------
@@ -149,9 +249,19 @@ class ShardedIndex:
         return self.local.dim
 
     @property
+    def device(self) -> torch.device:
+        """Where this rank's rows live (the local index's device)."""
+        return self.local.device
+
+    @property
     def local_rows(self) -> range:
         """This rank's global rows."""
         return range(self.row_offset, self.row_offset + self.local.ntotal)
+
+    @property
+    def last_search_stats(self) -> Optional[dict]:
+        """Per step of the last search: {"seconds": {step: s}, "bytes_sent": {step: bytes}} (this rank)."""
+        return self._last_search_stats
 
     def __repr__(self) -> str:
         return (f"ShardedIndex(ntotal={self.ntotal}, dim={self.dim}, rank={self.rank}/{self.world}, "
@@ -161,12 +271,44 @@ class ShardedIndex:
         """What must agree across shards: the PQ codebooks, or the flat rows' dtype."""
         h = hashlib.sha256()
         if isinstance(self.local, PQIndex):
-            h.update(self.local.centroids.detach().cpu().numpy().tobytes())
+            h.update(to_numpy(self.local.centroids).tobytes())
             if self.local.rotation is not None:
-                h.update(self.local.rotation.cpu().numpy().tobytes())
+                h.update(to_numpy(self.local.rotation).tobytes())
         else:
             h.update(self.local.dtype.encode())
         return int.from_bytes(h.digest()[:7], "little")
+
+    def to(self, device: Any) -> "ShardedIndex":
+        """Collective: the same sharded index with this rank's rows on `device` (see FlatIndex.to)."""
+        return ShardedIndex(self.local.to(device), self.group, self.doc_ids)
+
+    def save(self, path: Any) -> None:
+        """Collective: rank 0 of the group writes the whole index, every rank's rows in global order, as
+        one FlatIndex / PQIndex folder (load_index reads it, ShardedIndex.from_full shards it again),
+        with `doc_ids` when the sharded index has them. The rows are gathered on rank 0 (O(N d) of its
+        host memory); a flat index's first pass is rebuilt there over all rows, of the same kind."""
+        import torch.distributed as dist
+
+        part = to_numpy(self.local.codes if isinstance(self.local, PQIndex) else self.local.emb)
+        parts: Optional[list] = [None] * self.world if self.rank == 0 else None
+        dst = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        dist.gather_object(part, parts, dst=dst, group=self.group)
+        error = None
+        if self.rank == 0:
+            try:
+                self._whole(np.concatenate(parts)).save(path)
+            except Exception as e:  # noqa: BLE001 (raised on every rank below)
+                error = e
+        flags = self._all_gather_equal(torch.tensor([error is not None], dtype=torch.int64)).cpu()
+        raise_if_failed(error, torch.nonzero(flags.flatten()).flatten().tolist(), "save")
+
+    def _whole(self, rows: np.ndarray):
+        """The one index of all ranks' rows (codes for PQ) gathered in global order."""
+        if isinstance(self.local, PQIndex):
+            return PQIndex(self.local.centroids.detach(), rows, self.local.rotation, self.doc_ids)
+        data = self.local.first_pass_data
+        return FlatIndex(rows, self.doc_ids, first_pass=self.local.first_pass_kind,
+                         refine=data is None or data.refine)
 
     # ---- collectives (tensors on the communication device) ----------------------------------------
     def _all_gather_equal(self, t: torch.Tensor) -> torch.Tensor:
@@ -194,16 +336,29 @@ class ShardedIndex:
         dist.all_to_all_single(out, t, recv, send, group=self.group)
         return out
 
-    def _raise_if_failed(self, flags: torch.Tensor, error: Optional[BaseException], step: str) -> None:
-        """Every rank raises when any rank failed (its own error, or a RuntimeError naming the ranks)."""
-        failed = [r for r, f in enumerate(flags.tolist()) if f]
-        if error is not None:
-            raise error
-        if failed:
-            raise RuntimeError(f"search: {step} failed on rank(s) {failed} (see the error raised there)")
+    def _agreed(self, step: str, work: Callable[[], torch.Tensor], size: int, dtype: torch.dtype,
+                collective: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Try a step, agree on failure across ranks. Runs this rank's part of `step` (`work()`: a 1-D
+        tensor of `size` elements, zeros when it raises) and the step's own `collective` on it with W
+        failure flags appended (1 at this rank's place when it failed), so the ranks learn who failed
+        without another collective; then every rank raises when any failed (common.distributed.
+        raise_if_failed: the failing rank its own error, the others a RuntimeError naming the ranks).
+        Returns the collective's output without the flags ([W, size] after a gather, [size] after a sum)."""
+        error = None
+        try:
+            part = work()
+        except Exception as e:  # noqa: BLE001 (raised on every rank below)
+            error, part = e, torch.zeros(size, dtype=dtype)
+        flags = torch.zeros(self.world, dtype=dtype)
+        flags[self.rank] = error is not None
+        out = collective(torch.cat([part.to(dtype).cpu(), flags])).cpu()
+        failed = out.reshape(-1, size + self.world)[:, size:].sum(0)
+        raise_if_failed(error, torch.nonzero(failed).flatten().tolist(), f"search: {step}")
+        return out[..., :size]
 
     # ---- search -----------------------------------------------------------------------------------
-    def _check_local(self, queries: Any, k: Any, positives: Any, cutoff: Any, backend: Optional[str]):
+    def _check_local(self, queries: Any, k: Any, positives: Any, cutoff: Any, backend: Optional[str],
+                     rank_depth: Any):
         if isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim == 2 and queries.shape[0] == 0:
             if queries.dtype not in (np.float32, torch.float32):
                 raise UsageTypeError("queries", f"expected dtype float32, got {queries.dtype}")
@@ -215,159 +370,167 @@ class ShardedIndex:
             q = as_tensor(check_queries(queries, self.dim))
         k = check_k(k, self.ntotal)
         cutoff = check_cutoff(cutoff, self.ntotal, k)
+        depth = check_rank_depth(rank_depth, k, cutoff)
         offsets, ids = check_positives(positives, q.shape[0], self.ntotal)
         on_cuda = self.local.device.type == "cuda"
         if backend == "cuda":
             raise NotImplementedError("backend: the CUDA kernel does not take given positive scores yet; the "
                                       "sharded search runs 'torch' on a GPU (the default there)")
         backend = choose_backend("torch" if backend is None and on_cuda else backend, on_cuda)
-        return q, k, cutoff, offsets, ids, backend
+        return _Local(q, offsets, ids, k, cutoff, backend, depth)
 
     def search(self, queries: Any, k: int = 200, positives: Any = None, cutoff: Optional[int] = None,
-               backend: Optional[str] = None, chunk_rows: Optional[int] = None) -> SearchResult:
+               backend: Optional[str] = None, chunk_rows: Optional[int] = None,
+               rank_depth: Optional[int] = None) -> SearchResult:
         """Collective: this rank's queries [B, d] float32 (B may be 0) and positives in GLOBAL row ids
         (as in FlatIndex.search); returns this rank's result over all ranks' rows, bit-identical to
         one index over all rows. k and cutoff must be the same on every rank. backend: None (native
-        on the CPU, torch on a GPU), "native" or "torch" ("cuda": NotImplementedError)."""
-        stats = {"seconds": {}, "bytes_sent": {}}
-        clock = [time.perf_counter()]
-        W = self.world
-
-        def lap(step: str, nbytes: float) -> None:
-            if self.comm_device.type == "cuda":
-                torch.cuda.synchronize(self.comm_device)
-            now = time.perf_counter()
-            stats["seconds"][step] = stats["seconds"].get(step, 0.0) + now - clock[0]
-            stats["bytes_sent"][step] = stats["bytes_sent"].get(step, 0) + int(nbytes)
-            clock[0] = now
-
-        # 0. Arguments, checked on every rank before any collective that depends on them.
-        error = None
-        try:
-            q, k, cutoff, offsets, ids, backend = self._check_local(queries, k, positives, cutoff, backend)
-        except Exception as e:  # noqa: BLE001 (re-raised below, on every rank)
-            error, q, k, cutoff, offsets, ids = e, None, 0, 0, np.zeros(1, np.int64), np.zeros(0, np.int64)
-        B, nnz = (0 if q is None else q.shape[0]), ids.shape[0]
-        meta = self._all_gather_equal(torch.tensor([B, nnz, k, cutoff, error is not None], dtype=torch.int64)).cpu()
-        self._raise_if_failed(meta[:, 4], error, "argument checking")
-        for j, name in ((2, "k"), (3, "cutoff")):
-            if not bool((meta[:, j] == meta[0, j]).all()):
-                raise UsageError(name, f"must be the same on every rank, got {meta[:, j].tolist()}")
-        Bs, nnzs = meta[:, 0].tolist(), meta[:, 1].tolist()
-        Bmax, nnzmax, B_all, nnz_all = max(Bs), max(nnzs), sum(Bs), sum(nnzs)
-        lap("meta", 40 * (W - 1))
-        dev = self.local.device
-
-        # 1. Queries (flat) or the owners' lookup tables (PQ), padded to Bmax.
-        if self.kind == "pq":
-            m = self.local.m
-            pay = torch.zeros(Bmax, m, 256)
-            if B:
-                pay = torch.cat([self.local.lookup_tables(q.to(dev)).to(pay.device), torch.zeros(Bmax - B, m, 256)])
-        else:
-            pay = torch.zeros(Bmax, self.dim)
-            pay[:B] = q.to(pay.device)
-        gathered = self._all_gather_equal(pay)
-        allq = torch.cat([gathered[r, : Bs[r]] for r in range(W)]).to(dev)
-        lap("queries", pay.numel() * 4 * (W - 1))
-
-        # 2. Positives: per-query counts and global ids.
-        pay = torch.zeros(Bmax + nnzmax, dtype=torch.int64)
-        pay[:B] = torch.from_numpy(np.diff(offsets))
-        pay[Bmax : Bmax + nnz] = torch.from_numpy(ids)
-        gathered = self._all_gather_equal(pay).cpu().numpy()
-        counts_q = np.concatenate([gathered[r, : Bs[r]] for r in range(W)])
-        off_all = np.zeros(B_all + 1, np.int64)
-        np.cumsum(counts_q, out=off_all[1:])
-        ids_all = np.concatenate([gathered[r, Bmax : Bmax + nnzs[r]] for r in range(W)]).astype(np.int64)
-        pstart = int(sum(nnzs[: self.rank]))
-        lap("positives", pay.numel() * 8 * (W - 1))
-
-        # 3. Owners score their positives once; shared bit for bit.
-        lo, hi = self.row_offset, self.row_offset + self.local.ntotal
-        error = None
-        bits = torch.zeros(nnz_all + 1, dtype=torch.int32)
-        try:
-            if nnz_all:
-                own = (ids_all >= lo) & (ids_all < hi)
-                pos_query = np.repeat(np.arange(B_all), np.diff(off_all))
-                sub_off = np.zeros(B_all + 1, np.int64)
-                np.cumsum(np.bincount(pos_query[own], minlength=B_all), out=sub_off[1:])
-                s = self._positive_scores(allq, sub_off, ids_all[own] - lo, backend)
-                bits[:-1][torch.from_numpy(own)] = s.cpu().view(torch.int32)
-        except Exception as e:  # noqa: BLE001
-            error = e
-            bits[-1] = 1
-        bits = self._all_reduce_sum(bits).cpu()
-        if error is not None:
-            raise error
-        if int(bits[-1]):
-            raise RuntimeError("search: scoring the positives failed on another rank (see the error raised there)")
-        pos_scores_all = bits[:-1].view(torch.float32)
-        if not bool(torch.isfinite(pos_scores_all).all()):
-            raise UsageError("queries/index", "inner products overflowed float32 (scores are NaN or Inf); rescale the embeddings")
-        lap("pos_scores", 2 * (nnz_all + 1) * 4 * (W - 1) / W)
-
-        # 4. The local search over every rank's queries, with the given scores.
-        k_loc = min(k, self.local.ntotal)
-        error = None
-        top_s = torch.empty(B_all, k_loc)
-        top_i = torch.empty(B_all, k_loc, dtype=torch.int64)
-        cnt = torch.zeros(nnz_all + 1, dtype=torch.int64)
-        try:
-            if B_all:
-                res = self._local_search(allq, k_loc, (off_all, ids_all - lo), pos_scores_all, backend, chunk_rows)
-                top_s, top_i = res.scores.cpu(), res.ids.cpu() + lo
-                cnt[:-1] = res.pos_ranks.cpu() - 1
-        except Exception as e:  # noqa: BLE001
-            error = e
-            cnt[-1] = 1
-        lap("local_search", 0)
-
-        # 5. Counts of rows ranking before each positive, summed over the shards.
-        cnt = self._all_reduce_sum(cnt).cpu()
-        if error is not None:
-            raise error
-        if int(cnt[-1]):
-            raise RuntimeError("search: the local search failed on another rank (see the error raised there)")
-        lap("counts", 2 * (nnz_all + 1) * 8 * (W - 1) / W)
-
-        # 6. Each shard's top-k_s of rank r's queries go to rank r.
-        k_s = [min(k, n) for n in self.sizes]
-        send = [b * k_loc for b in Bs]
-        recv = [B * ks for ks in k_s]
-        got_s = self._all_to_all(top_s.reshape(-1), send, recv).cpu()
-        got_i = self._all_to_all(top_i.reshape(-1), send, recv).cpu()
-        lap("topk", (B_all - B) * k_loc * 12)
-
-        # 7. Merge this rank's queries.
-        kept = min(k, self.ntotal)
-        parts_s, parts_i, at = [], [], 0
-        for s_, ks in enumerate(k_s):
-            parts_s.append(got_s[at : at + B * ks].reshape(B, ks))
-            parts_i.append(got_i[at : at + B * ks].reshape(B, ks))
-            at += B * ks
-        best_s, best_i = ordered_topk(torch.cat(parts_s, 1), torch.cat(parts_i, 1), kept)
-        out_ids = torch.full((B, k), -1, dtype=torch.int64)
-        out_scores = torch.full((B, k), float("-inf"))
-        out_ids[:, :kept], out_scores[:, :kept] = best_i, best_s
-        off_t = torch.from_numpy(offsets)
-        ids_t = torch.from_numpy(ids)
-        ranks = cnt[pstart : pstart + nnz] + 1
-        weights = None
-        if cutoff:
-            pos_query = torch.repeat_interleave(torch.arange(B), off_t.diff())
-            weights = pair_weights(out_ids, pos_query, ids_t, ranks, cutoff)
-        result = SearchResult(ids=out_ids, scores=out_scores, pos_offsets=off_t, pos_ids=ids_t,
-                              pos_scores=pos_scores_all[pstart : pstart + nnz].clone(), pos_ranks=ranks,
-                              pair_weights=weights)
-        lap("merge", 0)
-        stats["seconds"]["total"] = sum(stats["seconds"].values())
-        stats["bytes_sent"]["total"] = sum(stats["bytes_sent"].values())
-        self.last_search_stats = stats
+        on the CPU, torch on a GPU), "native" or "torch" ("cuda": NotImplementedError). rank_depth: as
+        in FlatIndex.search (the counts are exact here; ranks past D are reported as D + 1)."""
+        clock = _Clock(self.comm_device)
+        plan = self._agree_on_arguments(queries, k, positives, cutoff, backend, rank_depth, chunk_rows)
+        clock.lap("meta", (4 + self.world) * 8 * (self.world - 1))
+        allq = self._gather_queries(plan)
+        clock.lap("queries", plan.Bmax * (self.local.m * 256 if self.kind == "pq" else self.dim) * 4 * (self.world - 1))
+        off_all, ids_all = self._gather_positives(plan)
+        clock.lap("positives", (plan.Bmax + plan.nnzmax) * 8 * (self.world - 1))
+        pos_scores_all = self._share_positive_scores(plan, allq, off_all, ids_all)
+        clock.lap("pos_scores", 2 * (plan.nnz_all + self.world) * 4 * (self.world - 1) / self.world)
+        top_scores, top_ids, before = self._search_shard(plan, allq, off_all, ids_all, pos_scores_all, clock)
+        clock.lap("counts", 2 * (plan.nnz_all + self.world) * 8 * (self.world - 1) / self.world)
+        shard_scores, shard_ids = self._exchange_topk(plan, top_scores, top_ids)
+        clock.lap("topk", (plan.B_all - plan.B) * min(plan.k, self.local.ntotal) * 12)
+        result = self._merge(plan, shard_scores, shard_ids, before, pos_scores_all)
+        clock.lap("merge", 0)
+        self._last_search_stats = clock.stats()
         if isinstance(queries, torch.Tensor):
             return SearchResult(**{f: None if v is None else v.to(queries.device) for f, v in vars(result).items()})
         return SearchResult(**{f: None if v is None else v.numpy() for f, v in vars(result).items()})
+
+    def _agree_on_arguments(self, queries: Any, k: Any, positives: Any, cutoff: Any, backend: Optional[str],
+                            rank_depth: Any, chunk_rows: Optional[int]) -> "_Plan":
+        """Step 0: every rank checks its arguments, then learns every rank's B and nnz (and that k and
+        cutoff agree) before any collective that depends on them."""
+        checked = []
+
+        def work() -> torch.Tensor:
+            checked.append(self._check_local(queries, k, positives, cutoff, backend, rank_depth))
+            mine = checked[0]
+            return torch.tensor([mine.queries.shape[0], mine.ids.shape[0], mine.k, mine.cutoff], dtype=torch.int64)
+
+        meta = self._agreed("argument checking", work, 4, torch.int64, self._all_gather_equal)
+        for j, name in ((2, "k"), (3, "cutoff")):
+            if not bool((meta[:, j] == meta[0, j]).all()):
+                raise UsageError(name, f"must be the same on every rank, got {meta[:, j].tolist()}")
+        return _Plan(checked[0], chunk_rows, meta[:, 0].tolist(), meta[:, 1].tolist(), self.rank)
+
+    def _gather_queries(self, plan: "_Plan") -> torch.Tensor:
+        """Step 1: every rank's queries (flat) or the owners' lookup tables (PQ), padded to Bmax."""
+        B, Bmax, dev = plan.B, plan.Bmax, self.local.device
+        if self.kind == "pq":
+            m = self.local.m
+            padded = torch.zeros(Bmax, m, 256)
+            if B:
+                luts = self.local.lookup_tables(plan.mine.queries.to(dev)).to(padded.device)
+                padded = torch.cat([luts, torch.zeros(Bmax - B, m, 256)])
+        else:
+            padded = torch.zeros(Bmax, self.dim)
+            padded[:B] = plan.mine.queries.to(padded.device)
+        gathered = self._all_gather_equal(padded)
+        return torch.cat([gathered[r, : plan.Bs[r]] for r in range(self.world)]).to(dev)
+
+    def _gather_positives(self, plan: "_Plan") -> Tuple[np.ndarray, np.ndarray]:
+        """Step 2: every rank's per-query positive counts and global ids -> the CSR over all queries."""
+        Bmax, nnzmax = plan.Bmax, plan.nnzmax
+        packed = torch.zeros(Bmax + nnzmax, dtype=torch.int64)
+        packed[: plan.B] = torch.from_numpy(np.diff(plan.mine.offsets))
+        packed[Bmax : Bmax + plan.nnz] = torch.from_numpy(plan.mine.ids)
+        gathered = self._all_gather_equal(packed).cpu().numpy()
+        counts = np.concatenate([gathered[r, : plan.Bs[r]] for r in range(self.world)])
+        offsets = np.zeros(plan.B_all + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        ids = np.concatenate([gathered[r, Bmax : Bmax + plan.nnzs[r]] for r in range(self.world)]).astype(np.int64)
+        return offsets, ids
+
+    def _share_positive_scores(self, plan: "_Plan", allq: torch.Tensor, offsets: np.ndarray,
+                               ids: np.ndarray) -> torch.Tensor:
+        """Step 3: each positive's owner scores it once; the float bits are summed with zeros, so every
+        rank gets them bit for bit."""
+        lo, hi = self.row_offset, self.row_offset + self.local.ntotal
+
+        def work() -> torch.Tensor:
+            bits = torch.zeros(plan.nnz_all, dtype=torch.int32)
+            if plan.nnz_all:
+                own = (ids >= lo) & (ids < hi)
+                pos_query = np.repeat(np.arange(plan.B_all), np.diff(offsets))
+                own_offsets = np.zeros(plan.B_all + 1, np.int64)
+                np.cumsum(np.bincount(pos_query[own], minlength=plan.B_all), out=own_offsets[1:])
+                scores = self._positive_scores(allq, own_offsets, ids[own] - lo, plan.mine.backend)
+                bits[torch.from_numpy(own)] = scores.cpu().view(torch.int32)
+            return bits
+
+        bits = self._agreed("scoring the positives", work, plan.nnz_all, torch.int32, self._all_reduce_sum)
+        scores = bits.contiguous().view(torch.float32)
+        if not bool(torch.isfinite(scores).all()):
+            raise UsageError("queries/index", "inner products overflowed float32 (scores are NaN or Inf); rescale "
+                             "the embeddings")
+        return scores
+
+    def _search_shard(self, plan: "_Plan", allq: torch.Tensor, offsets: np.ndarray, ids: np.ndarray,
+                      pos_scores: torch.Tensor, clock: "_Clock"):
+        """Steps 4 and 5: this shard's top-min(k, N_s) of every rank's queries with the given positive
+        scores, and the rows ranking before each positive, counted per shard and summed over them."""
+        k_local = min(plan.k, self.local.ntotal)
+        found = []
+
+        def work() -> torch.Tensor:
+            before = torch.zeros(plan.nnz_all, dtype=torch.int64)
+            if plan.B_all:
+                pq = isinstance(self.local, PQIndex)  # PQ: allq holds the owners' lookup tables
+                request = SearchRequest(None if pq else allq, k_local, (offsets, ids - self.row_offset), None,
+                                        plan.mine.backend, plan.chunk_rows, pos_scores)
+                res = self.local.search_request(request, luts=allq) if pq else self.local.search_request(request)
+                found.append((res.scores.cpu(), res.ids.cpu() + self.row_offset))
+                before = res.pos_ranks.cpu() - 1
+            else:
+                found.append((torch.empty(0, k_local), torch.empty(0, k_local, dtype=torch.int64)))
+            clock.lap("local_search", 0)
+            return before
+
+        before = self._agreed("the local search", work, plan.nnz_all, torch.int64, self._all_reduce_sum)
+        return found[0][0], found[0][1], before
+
+    def _exchange_topk(self, plan: "_Plan", top_scores: torch.Tensor, top_ids: torch.Tensor):
+        """Step 6: shard s sends rank r the top-k_s of r's queries; returns them per shard, in shard order."""
+        k_local = min(plan.k, self.local.ntotal)
+        k_shards = [min(plan.k, n) for n in self.sizes]
+        send = [b * k_local for b in plan.Bs]
+        recv = [plan.B * ks for ks in k_shards]
+        scores = self._all_to_all(top_scores.reshape(-1), send, recv).cpu()
+        ids = self._all_to_all(top_ids.reshape(-1), send, recv).cpu()
+        bounds = np.concatenate([[0], np.cumsum(recv)])
+        return ([scores[bounds[s] : bounds[s + 1]].reshape(plan.B, ks) for s, ks in enumerate(k_shards)],
+                [ids[bounds[s] : bounds[s + 1]].reshape(plan.B, ks) for s, ks in enumerate(k_shards)])
+
+    def _merge(self, plan: "_Plan", shard_scores: list, shard_ids: list, before: torch.Tensor,
+               pos_scores: torch.Tensor) -> SearchResult:
+        """Step 7: the first k of the shards' candidates, ranks 1 + rows before, pair weights (local)."""
+        B, k, kept = plan.B, plan.k, min(plan.k, self.ntotal)
+        best_scores, best_ids = ordered_topk(torch.cat(shard_scores, 1), torch.cat(shard_ids, 1), kept)
+        out_ids = torch.full((B, k), -1, dtype=torch.int64)
+        out_scores = torch.full((B, k), float("-inf"))
+        out_ids[:, :kept], out_scores[:, :kept] = best_ids, best_scores
+        offsets, ids = torch.from_numpy(plan.mine.offsets), torch.from_numpy(plan.mine.ids)
+        mine = slice(plan.first_positive, plan.first_positive + plan.nnz)
+        ranks = before[mine] + 1
+        weights = None
+        if plan.mine.cutoff:
+            pos_query = torch.repeat_interleave(torch.arange(B), offsets.diff())
+            weights = pair_weights(out_ids, pos_query, ids, ranks, plan.mine.cutoff)
+        if plan.mine.rank_depth is not None:  # weights need ranks <= cutoff <= depth only: unchanged
+            ranks = ranks.clamp(max=plan.mine.rank_depth + 1)
+        return SearchResult(ids=out_ids, scores=out_scores, pos_offsets=offsets, pos_ids=ids,
+                            pos_scores=pos_scores[mine].clone(), pos_ranks=ranks, pair_weights=weights)
 
     def _positive_scores(self, allq: torch.Tensor, offsets: np.ndarray, local_ids: np.ndarray,
                          backend: str) -> torch.Tensor:
@@ -375,17 +538,6 @@ class ShardedIndex:
         if isinstance(self.local, PQIndex):
             return positive_scores("pq", allq, self.local.codes, offsets, local_ids, backend)
         return positive_scores("flat", allq, self.local.emb, offsets, local_ids, backend)
-
-    def _local_search(self, allq: torch.Tensor, k: int, positives: tuple, pos_scores: torch.Tensor,
-                      backend: str, chunk_rows: Optional[int]) -> SearchResult:
-        local = self.local
-        if isinstance(local, PQIndex):
-            return pq_search(None, local, k, positives, None, backend, chunk_rows, pos_scores, luts=allq)
-        if local._first_pass is not None:
-            result, local.last_search_stats = two_stage_search(allq, local.emb, local._first_pass, k, positives, None,
-                                                               backend, chunk_rows, pos_scores)
-            return result
-        return flat_search(allq, local.emb, k, positives, None, backend, chunk_rows, pos_scores)
 
     # ---- rows ---------------------------------------------------------------------------------------
     def reconstruct(self, rows: Any) -> torch.Tensor:
@@ -429,7 +581,7 @@ def build_sharded_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", se
     try:
         if ctx.is_main:
             full = PQIndex.train(emb, m=m, seed=seed, opq=kind == "opq")
-            shared = (full.centroids.numpy(), None if full.rotation is None else full.rotation.numpy())
+            shared = (to_numpy(full.centroids), None if full.rotation is None else to_numpy(full.rotation))
             parts = [(shared, full.codes[slice(*slice_of(full.ntotal, r, ctx.world_size))])
                      for r in range(ctx.world_size)]
     except Exception as e:  # noqa: BLE001 (raised on every rank by check_all)

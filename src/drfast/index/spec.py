@@ -19,8 +19,25 @@ def parse_index_spec(spec: str) -> tuple[str, int]:
 
 
 def build_index(emb: Any, doc_ids: Sequence[str], spec: str = "flat", seed: int = 0, first_pass: Any = None):
-    """A FlatIndex over `emb` (with the exact two-stage search's `first_pass`: None, "int8", "bf16"
-    or "auto", see FlatIndex), or a PQIndex trained on it with faiss (first_pass does not apply)."""
+    """A FlatIndex over `emb`, or a PQIndex trained on it with faiss.
+
+    Parameters
+    ----------
+    emb : array or tensor, float32 or float16 [N, d]
+        The rows.
+    doc_ids : sequence of str
+        The external id of each row.
+    spec : str
+        ``"flat"``, ``"pq:M"`` or ``"opq:M"`` (M sub-quantizers of 8 bits; opq adds a rotation).
+    seed : int
+        The seed of the PQ / OPQ codebook training.
+    first_pass : {None, "int8", "int8-lean", "bf16", "auto"}
+        Flat only: the exact two-stage search's first pass (see FlatIndex).
+
+    Returns
+    -------
+    FlatIndex or PQIndex
+    """
     kind, m = parse_index_spec(spec)
     if kind == "flat":
         return FlatIndex(emb, doc_ids, first_pass=first_pass)

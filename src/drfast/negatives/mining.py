@@ -34,6 +34,7 @@ from drfast.common.doc_ids import DocIdMap
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.data import TrainingExample, write_training_examples
 from drfast.data.parsing import PathLike
+from drfast.index.protocol import Index
 
 __all__ = ["MiningConfig", "MinedNegatives", "mine_from_index", "mine_from_bm25", "score_statistics",
            "format_statistics", "write_mined"]
@@ -169,14 +170,36 @@ def _check_qids(qids: Sequence[str]) -> list[str]:
 # Sources
 
 
-def mine_from_index(index: Any, query_embeddings: Any, qids: Sequence[str],
+def mine_from_index(index: Index, query_embeddings: Any, qids: Sequence[str],
                     positives_rows: Sequence[Sequence[int]], config: Optional[MiningConfig] = None,
                     texts: Any = None, batch_size: int = 256) -> MinedNegatives:
     """Negatives from a FlatIndex / PQIndex, one fused search per batch of queries.
 
-    query_embeddings: [len(qids), d] float32 (numpy or torch). positives_rows: per query, the index
-    rows of its positives. texts: None (no text deduplication), a Corpus in index row order, or a
-    sequence of texts indexed by row. Scores are the index's own (PQ: asymmetric distances).
+    Scores are the index's own (PQ: asymmetric distances); positives are excluded by row, and the
+    config's rank window, margins, sampling and text deduplication choose among the rest.
+
+    Parameters
+    ----------
+    index : Index
+        The index to mine from.
+    query_embeddings : array or tensor, float32 [len(qids), d]
+        numpy or torch.
+    qids : sequence of str
+        The queries, in the order of `query_embeddings`.
+    positives_rows : sequence of sequences of int
+        Per query, the index rows of its positives.
+    config : MiningConfig, optional
+        How negatives are chosen (default: ``MiningConfig()``).
+    texts : Corpus or sequence of str, optional
+        None (no text deduplication), a Corpus in index row order, or texts indexed by row.
+    batch_size : int
+        Queries per search.
+
+    Returns
+    -------
+    MinedNegatives
+        ``{qid: [negative rows]}`` in rank order, with ``positive_scores``, ``negative_scores`` and
+        ``skipped`` (queries without a positive); `drfast mine` writes it as Tevatron-style jsonl.
     """
     config = _check_config(config)
     qids = _check_qids(qids)
@@ -223,10 +246,32 @@ def _bm25_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def mine_from_bm25(corpus_texts: Sequence[str], doc_ids: Sequence[str], queries: Mapping[str, str],
                    positives: Mapping[str, Sequence[str]], config: Optional[MiningConfig] = None,
                    batch_size: int = 256) -> MinedNegatives:
-    """Negatives retrieved by BM25 (bm25s, Lucene variant, k1=1.5, b=0.75; its default English
-    stopwords, no stemming). Scores and margins are BM25 scores; documents with score 0 are never
-    candidates. positives: {qid: [doc id]}; the result maps each query of `queries` with positives
-    to rows of `corpus_texts`. Texts are always available here, so deduplication follows the config.
+    """Negatives retrieved by BM25.
+
+    bm25s's Lucene variant (k1=1.5, b=0.75; its default English stopwords, no stemming). Scores and
+    margins are BM25 scores; documents with score 0 are never candidates. Texts are always available
+    here, so deduplication follows the config.
+
+    Parameters
+    ----------
+    corpus_texts : sequence of str
+        The documents' texts, one per row.
+    doc_ids : sequence of str
+        The documents' ids, one per row.
+    queries : mapping
+        ``{qid: text}``.
+    positives : mapping
+        ``{qid: [doc_id, ...]}``; the result covers each query of `queries` with positives.
+    config : MiningConfig, optional
+        How negatives are chosen (default: ``MiningConfig()``).
+    batch_size : int
+        Queries per retrieval batch.
+
+    Returns
+    -------
+    MinedNegatives
+        ``{qid: [negative rows of corpus_texts]}`` in rank order, with ``positive_scores``,
+        ``negative_scores`` and ``skipped``.
     """
     try:
         import bm25s

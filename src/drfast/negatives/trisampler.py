@@ -56,12 +56,36 @@ import torch
 
 from drfast.common.checks import check_choice, check_float, check_int, check_optional_int
 from drfast.common.errors import UsageError
+from drfast.index.protocol import Index
 
 __all__ = ["TriSamplerConfig", "trisampler_probabilities", "sample_negatives", "trisample"]
 
 
 @dataclass
 class TriSamplerConfig:
+    """TriSampler's settings; each fixes one choice the published description leaves open (see the
+    module docstring).
+
+    Parameters
+    ----------
+    max_angle_deg : float
+        Bound on the angular gap ``|∠(q,d+) - ∠(q,d-)|`` of an admissible negative (the paper: 60°).
+    tau : float
+        Temperature of ``exp(-(s- - s+)^2 / tau)`` (the paper: 4).
+    positive_weight : float
+        Weight w of the positive-assisted ReLU term, in [0, 1]; 0 switches it off.
+    combine : {"mixture", "product"}
+        ``"mixture"``: ``(1 - w) E / ΣE + w R / ΣR``; ``"product"``: ``E * R^w``.
+    score_scale : float
+        Scores are multiplied by this before both terms.
+    n_negatives : int
+        Negatives per query.
+    fill : {"pad", "top"}
+        When fewer than n are admissible: pad with -1, or take the top-scoring candidates outside
+        the region.
+    seed : int, optional
+        None: torch's global RNG; an int: a fresh generator per call.
+    """
     max_angle_deg: float = 60.0    # bound on |∠(q,d+) - ∠(q,d-)| (the paper: 60°)
     tau: float = 4.0               # exp(-(s- - s+)^2 / tau) (the paper: 4)
     positive_weight: float = 0.5   # w of the positive-assisted ReLU term; 0 switches it off
@@ -232,14 +256,35 @@ def _positive_lists(positives_rows: Any, B: int) -> list:
     return lists
 
 
-def trisample(index: Any, q_emb: Any, positives_rows: Any, k: int = 200,
+def trisample(index: Index, q_emb: Any, positives_rows: Any, k: int = 200,
               config: Optional[TriSamplerConfig] = None,
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """TriSampler negatives [B, n] (index row ids, int64 torch; -1 when a query runs short).
+    """TriSampler negatives: each query's negatives drawn inside the quasi-triangular region.
 
-    One fused `index.search(q, k, positives)` gives each query's top-k; every listed positive is masked
-    out, the first listed positive of each query is d+; vectors come from `index.reconstruct`.
-    positives_rows: per query a row id or a list of row ids.
+    One fused ``index.search(q, k, positives)`` gives each query's top-k; every listed positive is
+    masked out, the first listed positive of each query is d+, and vectors come from
+    ``index.reconstruct``. The module docstring gives every choice the published description leaves
+    open.
+
+    Parameters
+    ----------
+    index : Index
+        The index to draw from.
+    q_emb : array or tensor, float32 [B, d]
+        Query embeddings.
+    positives_rows : sequence
+        Per query, a row id or a list of row ids.
+    k : int
+        The depth of the candidate list.
+    config : TriSamplerConfig, optional
+        The sampler's settings (default: ``TriSamplerConfig()``).
+    generator : torch.Generator, optional
+        The random source (else ``config.seed``, else torch's global RNG).
+
+    Returns
+    -------
+    torch.Tensor, int64 [B, n]
+        Index row ids; -1 where a query runs short.
     """
     config = config or TriSamplerConfig()
     config.check()

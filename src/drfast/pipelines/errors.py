@@ -29,74 +29,67 @@ from drfast.eval.error_stats import exact_positive_ranks
 from drfast.eval.plots import plot_errors
 from drfast.pipelines.corpus import split_and_index
 from drfast.pipelines.inputs import check_output_dir
+from drfast.pipelines.specs import CorpusSpec, EncoderSpec, IndexSpec, SearchSpec, config_of
 
 
-def run_errors(data_dir: str | os.PathLike, model: Optional[str], output: str | os.PathLike, *, split: str = "test",
-               query_model: Optional[str] = None, index_spec: str = "flat", k: int = 200,
-               encoder_options: Optional[dict] = None, cache_dir: Optional[str | os.PathLike] = None,
-               dtype: str = "float16", encode_batch_size: int = 32, query_batch_size: int = 64,
-               index_seed: int = 0, first_pass: Optional[str] = None, chunk_size: int = 4096,
-               plot: bool = True, index_dir: Optional[str | os.PathLike] = None,
+def run_errors(corpus: CorpusSpec, encoder: EncoderSpec, output: str | os.PathLike, index: IndexSpec = IndexSpec(),
+               search: Optional[SearchSpec] = None, *, chunk_size: int = 4096, plot: bool = True,
                dist: Optional[DistContext] = None) -> Optional[dict]:
     """Writes OUTPUT/errors.json ({"summary", "per_query", "config", "timings"}) and OUTPUT/errors.png.
 
-    Queries are the split's queries with at least one positive (relevance > 0). Ranks are saved per
-    chunk of `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped.
-    With `index_dir`, a saved index is searched instead (no corpus text, no corpus encoding; see
-    pipelines.saved_index): the query encoder is `query_model`, else `model`.
+    Queries are the split `search.split`'s queries with at least one positive (relevance > 0); K of
+    the top-K errors is `search.k` (default SearchSpec(k=200)). Ranks are saved per chunk of
+    `chunk_size` queries under OUTPUT, so an interrupted run resumes where it stopped.
+    With `index.index_dir`, a saved index is searched instead (no corpus text, no corpus encoding;
+    see pipelines.saved_index): the query encoder is `encoder.query_model`, else `encoder.model`.
     With `dist` of several ranks (torchrun), collective: a ShardedIndex, the query chunks shared out
     among the ranks, and rank 0 alone writes the chunks, errors.json and errors.png (the same as one
     process's) and returns the report; the other ranks return None."""
-    check_int(k, "k", 1)  # every argument is checked before any model is loaded
-    check_int(query_batch_size, "query_batch_size", 1)
+    search = SearchSpec(k=200) if search is None else search
+    for spec in (corpus, encoder, index, search):  # every argument is checked before any model is loaded
+        spec.check()
     check_int(chunk_size, "chunk_size", 1)
     output = check_output_dir(output)
     timings: dict = {}
     t_all = time.perf_counter()
-    found = split_and_index(data_dir, model, query_model, split, index_dir=index_dir, index_spec=index_spec,
-                            first_pass=first_pass, encoder_options=encoder_options, cache_dir=cache_dir, dtype=dtype,
-                            encode_batch_size=encode_batch_size, index_seed=index_seed, timings=timings, dist=dist)
-    data, index, query_encoder = found.data, found.index, found.query_encoder
-    if index_dir is not None:  # the run key's document side: the saved index's files
-        doc_encoder, corpus = query_encoder, _IndexFolder(index_dir)
-    else:
-        doc_encoder, corpus = found.doc_encoder, data.corpus
-    qids = sorted(data.positives)
-    rows = [index.doc_ids.rows(data.positives[q]).tolist() for q in qids]
-
-    key = _run_key(doc_encoder, query_encoder, corpus, data, qids, rows, index_spec, index_seed, dtype)
-    work = output / f".ranks-{key}"
+    found = split_and_index(corpus, encoder, index, search.split, timings=timings, dist=dist)
+    qids = sorted(found.data.positives)
+    rows = [found.index.doc_ids.rows(found.data.positives[q]).tolist() for q in qids]
+    work = output / f".ranks-{_run_key(found, index, corpus.dtype, qids, rows)}"
     with timed(timings, "ranks_s"):
-        texts = [data.queries[q] for q in qids]
-        if dist is not None and dist.distributed:
-            offsets, ranks = _ranks_in_chunks_sharded(dist, index, query_encoder, texts, rows, work,
-                                                      query_batch_size, chunk_size)
-            if not dist.is_main:
-                return None
-        else:
-            offsets, ranks = _ranks_in_chunks(index, query_encoder, texts, rows, work, query_batch_size, chunk_size)
+        ranks = _positive_ranks(found, qids, rows, work, search.query_batch_size, chunk_size, dist)
+    if ranks is None:  # a rank other than 0 under torchrun
+        return None
     timings["numba_compile_s"] = round(stats.compile_kernel(), 3)  # a cache load after the first run
     with timed(timings, "statistics_s"):
-        result = stats.error_statistics(offsets, ranks, k=k, n_docs=index.ntotal)
+        result = stats.error_statistics(offsets_of(rows), ranks, k=search.k, n_docs=found.index.ntotal)
     summary = result["summary"]
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     report = {
         "summary": summary,
         "per_query": {q: {"total": int(t), "topk": int(tk)} for q, t, tk in zip(qids, result["total"], result["topk"])},
-        "config": {"data": str(data_dir), "split": split, "model": model, "query_model": query_model,
-                   "index": index_spec, "index_dir": None if index_dir is None else str(index_dir), "k": k,
-                   "dtype": dtype, "encode_batch_size": encode_batch_size,
-                   "query_batch_size": query_batch_size, "index_seed": index_seed, "documents": index.ntotal},
+        "config": config_of(corpus, encoder, index, search, documents=found.index.ntotal),
         "timings": timings,
     }
     write_json_atomic(output / "errors.json", report)
     if plot:
-        label = (f"{Path(query_model or model).name} on {Path(data_dir).name} {split} "
-                 f"({index_spec if index_dir is None else Path(index_dir).name})")
+        label = (f"{Path(encoder.query_model or encoder.model).name} on {Path(corpus.data).name} {search.split} "
+                 f"({index.index if index.index_dir is None else Path(index.index_dir).name})")
         plot_errors(summary, output / "errors.png", label)
     for done in output.glob(".ranks-*"):  # this run's chunks, and stale ones of other inputs
         shutil.rmtree(done, ignore_errors=True)
     return report
+
+
+def _positive_ranks(found, qids, rows, work: Path, batch_size: int, chunk_size: int,
+                    dist: Optional[DistContext]) -> Optional[np.ndarray]:
+    """Every positive's exact rank (CSR over `rows`), chunk by chunk under `work`; None on ranks > 0."""
+    texts = [found.data.queries[q] for q in qids]
+    if dist is not None and dist.distributed:
+        _, ranks = _ranks_in_chunks_sharded(dist, found.index, found.query_encoder, texts, rows, work, batch_size,
+                                            chunk_size)
+        return ranks if dist.is_main else None
+    return _ranks_in_chunks(found.index, found.query_encoder, texts, rows, work, batch_size, chunk_size)[1]
 
 
 class _IndexFolder:
@@ -111,13 +104,18 @@ class _IndexFolder:
         return hashlib.sha256(json.dumps([str(self.path), files]).encode()).hexdigest()[:16]
 
 
-def _run_key(doc_encoder, query_encoder, corpus, data, qids, rows, index_spec, index_seed, dtype) -> str:
+def _run_key(found, index: IndexSpec, dtype: str, qids, rows) -> str:
     """What the saved chunks depend on: both towers' content, the corpus (or the saved index), the
     queries, their texts and positives, and the index."""
+    data, query_encoder = found.data, found.query_encoder
+    if index.index_dir is not None:  # the document side: the saved index's files
+        doc_encoder, corpus = query_encoder, _IndexFolder(index.index_dir)
+    else:
+        doc_encoder, corpus = found.doc_encoder, data.corpus
     identity = {"documents": corpus_cache_key(doc_encoder, corpus, dtype),
                 "queries": corpus_cache_key(query_encoder, corpus, dtype),
                 "qids": hashlib.sha256(json.dumps([qids, [data.queries[q] for q in qids], rows]).encode()).hexdigest(),
-                "index": index_spec, "index_seed": index_seed}
+                "index": index.index, "index_seed": index.index_seed}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

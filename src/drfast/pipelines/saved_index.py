@@ -13,7 +13,6 @@ from typing import Optional, Sequence
 from drfast.common.errors import UsageError
 from drfast.data import load_beir
 from drfast.encode.encoders import Encoder
-from drfast.index.load import load_index
 from drfast.pipelines.inputs import check_beir, check_index_dir, check_model
 
 PathLike = str | os.PathLike
@@ -39,15 +38,15 @@ def check_saved_index_inputs(data_dir: PathLike, index_dir: PathLike, model: Opt
                            also_evaluate_on=also_evaluate_on)
 
 
-def load_saved_index_inputs(data_dir: PathLike, index_dir: PathLike, model: Optional[str],
-                            query_model: Optional[str], splits: Sequence[str],
-                            encoder_options: Optional[dict] = None):
-    """(index memory-mapped, [Dataset of each split, corpus None], query Encoder)."""
-    index = load_index(index_dir)
-    data = [load_beir(data_dir, split, doc_ids=index.doc_ids, doc_ids_source=f"the index {os.fspath(index_dir)}")
-            for split in splits]
+def load_split_of_index(data_dir: PathLike, index, index_dir: PathLike, split: str):
+    """The split `split` of the BEIR folder `data_dir` with its documents mapped through the ids of
+    `index` (loaded from `index_dir`): no corpus.jsonl is read."""
+    return load_beir(data_dir, split, doc_ids=index.doc_ids, doc_ids_source=f"the index {os.fspath(index_dir)}")
+
+
+def load_query_encoder(model: Optional[str], query_model: Optional[str], encoder_options: Optional[dict] = None):
+    """The query Encoder searched against a saved index (see query_source)."""
     options = encoder_options or {}
-    encoder = Encoder.load(query_source(model, query_model), pooling=options.get("pooling"),
-                           normalize=options.get("normalize"), max_length=options.get("query_max_length"),
-                           role="query")
-    return index, data, encoder
+    return Encoder.load(query_source(model, query_model), pooling=options.get("pooling"),
+                        normalize=options.get("normalize"), max_length=options.get("query_max_length"),
+                        role="query")

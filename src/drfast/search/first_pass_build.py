@@ -1,7 +1,7 @@
-"""Building the first-pass copy of an index's rows (drfast.search.two_stage): one numba kernel,
+"""Building the first-pass copy of an index's rows (drfast.search.first_pass): one numba kernel,
 parallel over rows, that quantises each row and computes its bound statistics in a single visit.
 
-The arithmetic is that of the float64 torch formulation in two_stage's docstring (and in
+The arithmetic is that of the float64 torch formulation in first_pass's docstring (and in
 tests/reference.py, the reference it is tested against): codes from float32 arithmetic, x^ = a * code
 exact in float64, norms as float64 sums inflated by (d + 64) 2^-52 and rounded up to float32. Only
 the order of the float64 sums differs, which the inflation covers. Compiled on first use and cached

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from drfast.common.arrays import to_numpy
 from drfast.common.checks import check_choice
 from drfast.common.csr import check_offsets, row_of_each
 from drfast.common.errors import UsageError
@@ -21,20 +22,50 @@ DEFAULT_CUTOFFS = {"MRR": (10, 100), "nDCG": (10,), "R": (100,)}
 def metrics_from_ranks(pos_offsets: Any, pos_ranks: Any, pos_gains: Any = None, cutoffs=None, over: str = "all"):
     """Per-query MRR@k, nDCG@k, R@k (and P@k) from the exact corpus rank of every relevant document.
 
-    pos_offsets int [B+1], pos_ranks int [nnz] (1-based, distinct within a query), pos_gains int [nnz]
-    (graded relevance > 0) in CSR form, e.g. ``SearchResult.pos_offsets / pos_ranks``.
-    cutoffs: {"MRR" | "nDCG" | "R" | "P": cutoffs}, default {"MRR": (10, 100), "nDCG": (10,), "R": (100,)}.
     Definitions are trec_eval's: reciprocal rank of the best relevant doc if within k; nDCG with gain =
     relevance and discount log2(rank + 1), ideal DCG from the gains sorted descending, both cut at k;
-    recall = #relevant within k / #relevant. A query with no positives scores 0 and is still counted
-    (trec_eval -c), so ``means`` averages over all B queries; ``over="with_positives"`` averages over
-    the queries that have a positive instead (what a training log wants). pos_gains None: all 1.
+    recall = #relevant within k / #relevant.
+
+    Parameters
+    ----------
+    pos_offsets : array or tensor, int [B+1]
+        CSR offsets, e.g. ``SearchResult.pos_offsets``.
+    pos_ranks : array or tensor, int [nnz]
+        1-based ranks, distinct within a query, e.g. ``SearchResult.pos_ranks``.
+    pos_gains : array or tensor, int [nnz], optional
+        Graded relevance > 0 (None: all 1).
+    cutoffs : dict, optional
+        ``{"MRR" | "nDCG" | "R" | "P": cutoffs}``, default
+        ``{"MRR": (10, 100), "nDCG": (10,), "R": (100,)}``.
+    over : {"all", "with_positives"}
+        A query with no positives scores 0 and is still counted (trec_eval -c), so the means average
+        over all B queries; ``"with_positives"`` averages over the queries that have a positive
+        instead (what a training log wants).
+
+    Returns
+    -------
+    means : dict
+        ``{"MRR@10": float, ...}``.
+    per_query : dict
+        ``{"MRR@10": float64 [B], ...}``.
+
+    Notes
+    -----
     Arrays may be numpy or torch (any device).
-    Returns ``(means {"MRR@10": float, ...}, per_query {"MRR@10": float64 [B], ...})``.
+
+    Examples
+    --------
+    >>> import numpy as np, drfast
+    >>> means, per_query = drfast.metrics_from_ranks(np.array([0, 1, 3]), np.array([1, 3, 20]),
+    ...                                              cutoffs={"MRR": (10,)})
+    >>> means  # query 0: its positive at rank 1; query 1: the best of its two at rank 3
+    {'MRR@10': 0.6666666666666666}
+    >>> per_query["MRR@10"]
+    array([1.        , 0.33333333])
     """
     check_choice(over, "over", ("all", "with_positives"))
-    offsets, ranks = _numpy(pos_offsets), _numpy(pos_ranks)
-    gains = np.ones(len(ranks), np.int64) if pos_gains is None else _numpy(pos_gains)
+    offsets, ranks = to_numpy(pos_offsets), to_numpy(pos_ranks)
+    gains = np.ones(len(ranks), np.int64) if pos_gains is None else to_numpy(pos_gains)
     for name, arr in (("pos_offsets", offsets), ("pos_ranks", ranks), ("pos_gains", gains)):
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise UsageError(name, f"expected a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
@@ -96,6 +127,3 @@ def mean_mrr(pos_offsets: Any, pos_ranks: Any, k: int = 10) -> float:
     """MRR@k over the queries that have a positive (0.0 when none has): the training logs' `mrr10`."""
     return metrics_from_ranks(pos_offsets, pos_ranks, cutoffs={"MRR": (k,)}, over="with_positives")[0][f"MRR@{k}"]
 
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)

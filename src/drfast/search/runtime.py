@@ -21,11 +21,33 @@ SIMD_LEVELS = ("avx512", "avx2", "generic")
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the native CPU kernels (default: OMP_NUM_THREADS or all cores)."""
+    """Set the threads the native CPU kernels use (default: OMP_NUM_THREADS or all cores).
+
+    Results do not depend on the thread count.
+
+    Parameters
+    ----------
+    n : int
+        At least 1.
+
+    Raises
+    ------
+    UsageError, UsageTypeError
+        n is not a positive integer.
+
+    Examples
+    --------
+    >>> import drfast
+    >>> before = drfast.get_num_threads()
+    >>> drfast.set_num_threads(1); drfast.get_num_threads()
+    1
+    >>> drfast.set_num_threads(before)
+    """
     _C.set_num_threads(check_int(n, "n", 1, 2**31 - 1))
 
 
 def get_num_threads() -> int:
+    """Threads the native CPU kernels use now (see `set_num_threads`)."""
     return _C.num_threads()
 
 
@@ -35,7 +57,29 @@ def supported_simd_levels() -> list:
 
 
 def set_simd_level(level: str) -> None:
-    """Run the CPU kernels with `level` (one of supported_simd_levels())."""
+    """Run the CPU kernels with `level` (one of supported_simd_levels()).
+
+    Every level returns bit-identical results; the environment variable DRFAST_SIMD sets the level
+    when the module loads.
+
+    Parameters
+    ----------
+    level : {"avx512", "avx2", "generic"}
+        A level this CPU supports.
+
+    Raises
+    ------
+    UsageError
+        An unknown level, or one this CPU cannot run.
+
+    Examples
+    --------
+    >>> import drfast
+    >>> before = drfast.simd_level()
+    >>> drfast.set_simd_level("generic"); drfast.simd_level()
+    'generic'
+    >>> drfast.set_simd_level(before)
+    """
     check_choice(level, "level", SIMD_LEVELS)
     if level not in supported_simd_levels():
         raise UsageError("level", f"this CPU cannot run {level!r}; it supports {', '.join(supported_simd_levels())}")
@@ -43,11 +87,20 @@ def set_simd_level(level: str) -> None:
 
 
 def simd_level() -> str:
+    """The SIMD level the CPU kernels run with now: "avx512", "avx2" or "generic"."""
     return _C.simd_level()
 
 
 def build_info() -> dict:
-    """What this build can do: SIMD level in use, threads, CUDA."""
+    """What this build can do.
+
+    Returns
+    -------
+    dict
+        ``version``, ``simd`` (the level in use), ``simd_supported``, ``threads``,
+        ``cuda_kernels_built``, ``cuda_device_available`` and ``torch`` (its version); `drfast info`
+        prints it.
+    """
     return {
         "version": importlib.metadata.version("drfast"),
         "simd": simd_level(),
@@ -97,7 +150,7 @@ def _apply_environment() -> None:
         try:
             set_simd_level(level)
         except ValueError as e:
-            raise UsageError("DRFAST_SIMD", f"{e}") from None
+            raise UsageError("DRFAST_SIMD", str(e)) from None
 
 
 _apply_environment()

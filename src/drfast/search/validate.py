@@ -85,6 +85,18 @@ def check_cutoff(cutoff: Any, N: int, k: int) -> int:
     return 0 if cutoff is None else min(check_int(cutoff, "cutoff", 1), max(N, k))
 
 
+def check_rank_depth(rank_depth: Any, k: int, cutoff: int) -> int | None:
+    """None (ranks over the whole corpus) or D >= max(k, cutoff): ranks exact up to D, deeper ones
+    reported as D + 1 (the top-k and the pair weights, which need ranks <= cutoff only, are unchanged)."""
+    if rank_depth is None:
+        return None
+    depth = check_int(rank_depth, "rank_depth", 1)
+    if depth < max(k, cutoff):
+        raise UsageError("rank_depth", f"must be >= max(k, cutoff) = {max(k, cutoff)} (k = {k}, cutoff = "
+                         f"{cutoff or None}), got {depth}")
+    return depth
+
+
 def check_chunk_rows(chunk_rows: Any, backend: str) -> int | None:
     """None (the torch path's default) or rows per chunk (>= 1) of the torch path, the only chunked backend."""
     if chunk_rows is None:

@@ -24,6 +24,7 @@ from drfast.common.dataclass_args import option
 from drfast.common.csr import row_of_each
 from drfast.common.distributed import current, share_of_mean
 from drfast.common.errors import UsageError
+from drfast.index.protocol import Index
 from drfast.index.sharded import ShardedIndex
 from drfast.search.rank_metrics import mean_mrr
 from drfast.train.core import TrainConfig, TrainingRun, digest, encode_some, sample_rows
@@ -31,6 +32,10 @@ from drfast.train.losses import adore_loss
 
 
 NORMALIZERS = ("pairs", "nonzero")
+# ADORE reads a positive's rank only through the pair weights (rank <= cutoff) and the logged MRR@10;
+# 1000 keeps every rank those and MRR@100 / R@1000-style diagnostics read exact, while the two-stage
+# search skips the exact work around deeper positives (most of its recomputations).
+DEFAULT_RANK_DEPTH = 1000
 
 
 @dataclass
@@ -49,11 +54,14 @@ class AdoreConfig(TrainConfig):
                                           "and an OPQ rotation stay fixed); the trained index is saved too")
     centroid_lr: float = option(1e-4, "peak learning rate of the centroids (train_centroids; no weight decay, "
                                       "the same linear schedule)")
+    rank_depth: int = option(DEFAULT_RANK_DEPTH, "the search's positive ranks are exact down to max(k, cutoff, "
+                                                 "this), deeper ones reported as that + 1 (0: the whole corpus)")
 
     def check(self) -> None:
         super().check()
         for name in ("k", "cutoff"):
             check_int(getattr(self, name), name, 1)
+        check_int(self.rank_depth, "rank_depth", 0)
         check_choice(self.normalizer, "normalizer", NORMALIZERS)
         check_bool(self.train_centroids, "train_centroids")
         check_float(self.centroid_lr, "centroid_lr", 0.0, min_inclusive=False)
@@ -76,14 +84,53 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
-                     score_scale: float = 1.0, only_if_unretrieved: bool = False, normalizer: str = "pairs"):
-    """The non-encoder part of an ADORE step: (loss, info) for query embeddings q [B, d] (with grad).
+def adore_batch_loss(q: torch.Tensor, index: Index, positives: Sequence[Sequence[int]], k: int = 200, cutoff: int = 10,
+                     score_scale: float = 1.0, only_if_unretrieved: bool = False, normalizer: str = "pairs",
+                     rank_depth: Optional[int] = DEFAULT_RANK_DEPTH):
+    """The non-encoder part of an ADORE step: ``(loss, info)`` for query embeddings q [B, d] (with grad).
 
     One fused search gives the top-k, the positives' exact ranks and the pair weights; candidates and
     positives are scored with gradients against the index's own (decoded) vectors. A ShardedIndex
     (torch.distributed) searches and gathers collectively: every rank calls this once per step, with
-    B = 0 too; positives are global rows."""
+    B = 0 too; positives are global rows.
+
+    Parameters
+    ----------
+    q : torch.Tensor, float [B, d]
+        Query embeddings, with gradients.
+    index : Index
+        A FlatIndex, PQIndex or ShardedIndex.
+    positives : sequence of sequences of int
+        Each query's positive rows.
+    k : int
+        Candidates per query.
+    cutoff : int
+        The MRR cutoff of the ΔMRR pair weights.
+    score_scale, only_if_unretrieved, normalizer
+        As in `adore_loss`.
+    rank_depth : int or None
+        Positive ranks are exact down to max(k, cutoff, rank_depth), deeper ones reported as that + 1
+        (the weights and MRR@10 only need ranks <= cutoff / 10); None or 0: over the whole corpus.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The weighted RankNet loss, with gradients into q.
+    info : dict
+        Statistics of the step, among them ``mrr10`` (the batch's MRR@10 from the exact ranks) and
+        ``pairs``.
+
+    Examples
+    --------
+    >>> import torch, drfast
+    >>> index = drfast.FlatIndex(torch.eye(4))
+    >>> q = torch.tensor([[0.0, 1.0, 0.5, 0.0]], requires_grad=True)
+    >>> loss, info = drfast.adore_batch_loss(q, index, [[2]], k=3, cutoff=10)
+    >>> info["mrr10"]  # the positive, row 2, is second behind row 1
+    0.5
+    >>> loss.backward(); bool(q.grad[0, 2] < 0)  # the step raises the positive's score
+    True
+    """
     B = q.shape[0]
     if B == 0 and not isinstance(index, ShardedIndex):  # a rank without queries: nothing to search
         stats = dict.fromkeys(("pairs", "nonzero_pairs", "mean_weight", "queries_with_pairs",
@@ -93,8 +140,9 @@ def adore_batch_loss(q: torch.Tensor, index, positives: Sequence[Sequence[int]],
     t0 = time.perf_counter()
     # Mixed placement (index on the host, encoder on a GPU): search the host copy of the queries; only
     # the candidate ids, pair weights and gathered rows cross back (pinned, non-blocking).
+    depth = max(k, cutoff, rank_depth) if rank_depth else None  # ranks past the depth: depth + 1
     res = index.search(q.detach().float().to(getattr(index, "device", q.device)), k=k, positives=positives,
-                       cutoff=cutoff)
+                       cutoff=cutoff, rank_depth=depth)
     t1 = time.perf_counter()
     cand = to_device(index.reconstruct(res.ids.clamp(min=0).reshape(-1).cpu()), q.device)
     cand = cand.view(B, res.ids.shape[1], index.dim)
@@ -123,18 +171,41 @@ class EncoderAndCentroids(torch.nn.Module):
 
 
 class AdoreTrainer(TrainingRun):
-    """Trains `query_encoder` (a drfast Encoder) against `index` (FlatIndex or PQIndex whose doc_ids
-    name the rows) on `queries` {qid: text} with `positives` {qid: [doc_id, ...]}.
+    """Trains a query encoder with ADORE against a fixed index.
 
-    With `config.train_centroids` (PQ only), `self.index` is a copy of `index` whose centroids are the
-    parameter `self.model.centroids` (trained with `config.centroid_lr`); `index` itself is left as it
-    was, and `self.index` is the trained index. Run management (checkpoints, resume, log, (every, hook)
-    pairs) comes from `TrainingRun`.
+    Each step encodes a batch of queries, runs one fused search (top-k, every positive's exact corpus
+    rank, ΔMRR pair weights), gathers the candidates' vectors from the index (decoded vectors for PQ)
+    and minimises the weighted RankNet loss (`adore_batch_loss`). The document side never changes.
+    Run management (checkpoints, resume, log, ``(every, hook)`` pairs) comes from `TrainingRun`.
+
+    Parameters
+    ----------
+    query_encoder : Encoder
+        The starting query tower (trained in place).
+    index : Index
+        A FlatIndex or PQIndex (or a ShardedIndex) whose doc_ids name the rows.
+    queries : dict
+        ``{qid: text}``, the training queries.
+    positives : dict
+        ``{qid: [doc_id, ...]}``.
+    config : AdoreConfig, optional
+        The settings (default: ``AdoreConfig()``). With ``config.train_centroids`` (PQ only: JPQ),
+        ``self.index`` is a copy of `index` whose centroids are the parameter
+        ``self.model.centroids``, trained with ``config.centroid_lr``; `index` itself is left as it
+        was, and ``self.index`` is the trained index.
+    output_dir : str or os.PathLike, optional
+        Where config.json, train_log.jsonl and checkpoint.pt go.
+    hooks : sequence of (int, callable)
+        Each hook runs every `int` optimizer steps (and once before the first step).
+
+    Notes
+    -----
+    ``.train(resume=...)`` runs it; a resumed run continues to the same weights as an uninterrupted one.
     """
 
     summed = ("pairs", "nonencoder_s")
 
-    def __init__(self, query_encoder, index, *, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
+    def __init__(self, query_encoder, index: Index, *, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
                  config: Optional[AdoreConfig] = None, output_dir: Optional[str | os.PathLike] = None,
                  hooks: Sequence[Tuple[int, Callable]] = ()):
         config = config or AdoreConfig()
@@ -188,7 +259,7 @@ class AdoreTrainer(TrainingRun):
         t0 = time.perf_counter()
         c = self.config
         loss, info = adore_batch_loss(q.float(), self.index, [self.rows[qid] for qid in qids], c.k, c.cutoff,
-                                      self.scale, c.only_if_unretrieved, c.normalizer)
+                                      self.scale, c.only_if_unretrieved, c.normalizer, c.rank_depth)
         # the loss is a mean over the queries with pairs: this rank's share of the global batch's mean
         loss = share_of_mean(loss, info["queries_with_pairs"])
         # search + gather + loss: the part drfast owns (its backward is folded into the encoder's)

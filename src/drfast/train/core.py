@@ -41,7 +41,7 @@ from drfast.common.atomic import save_torch_atomic, write_json_atomic, write_tex
 from drfast.common.checks import check_bool, check_choice, check_float, check_int
 from drfast.common.dataclass_args import option
 from drfast.common.distributed import all_reduce_sum, current
-from drfast.common.errors import UsageError, UsageTypeError
+from drfast.common.errors import UsageError, UsageFileExistsError, UsageTypeError
 from drfast.encode.corpus_cache import weights_digest
 from drfast.encode.encoders import Encoder
 
@@ -175,7 +175,7 @@ class TrainingRun:
         return items[start:stop]
 
     def forward(self, fn: Callable, *args):
-        """fn(*args), a forward pass of (parts of) `self.model`; under torch.distributed through
+        """``fn(*args)``, a forward pass of (parts of) `self.model`; under torch.distributed through
         DistributedDataParallel, so that the backward pass averages the gradients over the ranks."""
         return fn(*args) if self._ddp is None else self._ddp(fn, *args)
 
@@ -403,12 +403,12 @@ def check_run_dir(run_dir: Optional[str | os.PathLike], config: TrainConfig, *, 
         return False
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"{name}: {run_dir} exists and is not a folder")
+        raise UsageFileExistsError(name, f"{run_dir} exists and is not a folder")
     if overwrite or not (run_dir / CHECKPOINT).exists():
         return False
     if not resume:
-        raise FileExistsError(f"{name}: {run_dir} holds the checkpoint of an earlier run; pass --resume to continue "
-                              f"it or --overwrite to start over")
+        raise UsageFileExistsError(name, f"{run_dir} holds the checkpoint of an earlier run; pass --resume to "
+                                   f"continue it or --overwrite to start over")
     if (run_dir / CONFIG).exists():
         saved = _read_config(run_dir / CONFIG)
         world_size = current().world_size

@@ -81,9 +81,33 @@ def star_batch_loss(q: torch.Tensor, docs: torch.Tensor, pos_col: torch.Tensor, 
 
 
 class StarTrainer(TrainingRun):
-    """Trains both towers of `model` (a drfast BiEncoder) over `corpus` (document texts: `rows(doc_ids)`,
-    `texts(rows)`, `__len__`) on `queries` {qid: text} with `positives` {qid: [doc_id]} and, for
-    star/static, static `negatives` {qid: [doc_id]} (from `drfast.negatives` mining or TriSampler)."""
+    """Trains both towers of a BiEncoder with STAR or a negative-sampling baseline.
+
+    Each batch row holds a query, one positive and (for star / static) its static hard negatives;
+    every query is scored against every distinct document of the batch (encoded once), with pairs
+    masked where the document is a known positive of that query, under a RankNet loss. Run management
+    (checkpoints, resume, log, hooks) comes from `TrainingRun`.
+
+    Parameters
+    ----------
+    model : BiEncoder
+        The query and document towers (trained in place).
+    corpus : Corpus
+        Document texts: anything with ``rows(doc_ids)``, ``texts(rows)`` and ``__len__``.
+    queries : dict
+        ``{qid: text}``, the training queries.
+    positives : dict
+        ``{qid: [doc_id, ...]}``.
+    negatives : dict, optional
+        ``{qid: [doc_id, ...]}``: the static negatives for star / static (from `mine_from_index`,
+        `mine_from_bm25` or `trisample`).
+    config : StarConfig, optional
+        The settings, among them the method (default: ``StarConfig()``).
+    output_dir : str or os.PathLike, optional
+        Where config.json, train_log.jsonl and checkpoint.pt go.
+    hooks : sequence of (int, callable)
+        Each hook runs every `int` optimizer steps (and once before the first step).
+    """
 
     def __init__(self, model, corpus, *, queries: Dict[str, str], positives: Dict[str, Sequence[str]],
                  negatives: Optional[Dict[str, Sequence[str]]] = None, config: Optional[StarConfig] = None,

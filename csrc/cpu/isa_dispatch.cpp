@@ -1,4 +1,5 @@
-// Runtime choice of instruction set and thread count for the CPU kernels.
+// Runtime choice of instruction set (the SIMD kernel tables) and thread count for the CPU kernels;
+// the Python module drfast.search.backend chooses the backend (native / cuda / torch).
 #include <omp.h>
 
 #include <stdexcept>
