@@ -77,13 +77,7 @@ def search_rows(n: int, rows: list) -> None:
                 and torch.equal(results["torch"].pos_ranks, results["cuda"].pos_ranks))
         rows.append((f"search N={n:,}", "cuda == torch (ids, ranks)", float(same)))
     try:
-        import faiss
-        res = faiss.StandardGpuResources()
-        cfg = faiss.GpuIndexFlatConfig()
-        cfg.useFloat16 = True
-        fi = faiss.GpuIndexFlatIP(res, D, cfg)
-        for i in range(0, n, 1 << 20):
-            fi.add(docs[i : i + (1 << 20)].float().cpu().numpy())
+        res, fi = faiss_gpu_flat(docs)
         qn = q.cpu().numpy()
         rows.append((f"search N={n:,}", "faiss-gpu GpuIndexFlatIP fp16 (top-k only)",
                      median_time(lambda: fi.search(qn, K))))
@@ -100,6 +94,19 @@ def rank_pass(docs: torch.Tensor, q: torch.Tensor, pos_rows: torch.Tensor, chunk
     for i in range(0, docs.shape[0], chunk):
         counts += ((qh @ docs[i : i + chunk].T).float() > sp[:, None]).sum(1)
     return counts + 1
+
+
+def faiss_gpu_flat(rows: torch.Tensor):
+    """faiss-gpu's GpuIndexFlatIP in fp16 over `rows` (added in 1M-row pieces), with its resources."""
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    cfg = faiss.GpuIndexFlatConfig()
+    cfg.useFloat16 = True
+    fi = faiss.GpuIndexFlatIP(res, D, cfg)
+    for i in range(0, rows.shape[0], 1 << 20):
+        fi.add(rows[i : i + (1 << 20)].float().cpu().numpy())
+    return res, fi
 
 
 def placed_search(n: int, rows: list) -> None:
@@ -132,13 +139,7 @@ def placed_search(n: int, rows: list) -> None:
     del index
     torch.cuda.empty_cache()
     try:
-        import faiss
-        res = faiss.StandardGpuResources()
-        cfg = faiss.GpuIndexFlatConfig()
-        cfg.useFloat16 = True
-        fi = faiss.GpuIndexFlatIP(res, D, cfg)
-        for i in range(0, n, 1 << 20):
-            fi.add(gpu_rows[i : i + (1 << 20)].float().cpu().numpy())
+        res, fi = faiss_gpu_flat(gpu_rows)
         t_topk = median_time(lambda: fi.search(qn, K), repeat=3)
         t_rank = median_time(lambda: rank_pass(gpu_rows, q, pos_rows), repeat=3)
         rows.append((case, "faiss-gpu GpuIndexFlatIP fp16 (top-k only, rows on the GPU)", t_topk))

@@ -69,8 +69,9 @@ def main() -> None:
     pos_of = {}
     for a, p in zip(anchors, positives):
         pos_of.setdefault(a, []).append(vectors["document"][p])
-    print(f"| setting | rows ST | rows drfast | identical rows | differing | explained (within {TOL:g}) | "
-          "ST s | drfast s |")
+    # rows are compared per (anchor, positive): its n-tuple row, or its group of triplets
+    print(f"| setting | rows ST | rows drfast | identical (anchor, positive) | differing | explained (within "
+          f"{TOL:g}) | ST s | drfast s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, kwargs in CONFIGS.items():
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ spec's field, which is written as the command's flag. `--debug` shows the traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -325,7 +326,7 @@ def _print_table(title: str, rows: dict) -> None:
 def _check_flags(args: argparse.Namespace) -> None:
     """The ranges and combinations of the flags (argparse checks their types), before any work."""
     for cls in (CorpusSpec, EncoderSpec, IndexSpec, SearchSpec, TrainSpec, PlacementSpec):
-        if any(hasattr(args, f) for f in cls.__dataclass_fields__):
+        if any(hasattr(args, f.name) for f in dataclasses.fields(cls)):
             from_args(cls, args).check()
     for name in ("pq", "docs", "dim", "batch"):
         if hasattr(args, name):
@@ -337,7 +338,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     if getattr(args, "index_dir", None) is not None:
         for flag, name, default in (("--index", "index", "flat"), ("--first-pass", "first_pass", "none"),
                                     ("--also-evaluate-on", "also_evaluate_on", ())):
-            if getattr(args, name, default) not in (default, list(default)):
+            value = getattr(args, name, default)
+            if (tuple(value) if isinstance(value, list) else value) != default:
                 raise UsageError("index_dir", f"cannot be combined with {flag} (a saved index is searched as it "
                                  "was saved)")
     if getattr(args, "first_pass", "none") != "none" and getattr(args, "index", "flat") != "flat":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from drfast.common.errors import UsageError, UsageTypeError
+from drfast.common.errors import UsageTypeError
 
 TEXTS = ["the cat sat on the mat", "a dense retrieval query", "document about a dog", "the mat"]
 

@@ -2,10 +2,14 @@
 structures (so the planner cannot drift from the code), `drfast plan`, ADORE's use of the plan and
 the mixed placement of its step (index on the host, queries on another device)."""
 import json
+import types
+import weakref
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import drfast
 from drfast.cli import main
@@ -13,8 +17,10 @@ from drfast.common.doc_ids import DocIdMap
 from drfast.common.sizes import format_bytes, parse_count, parse_size
 from drfast.pipelines import memory_plan as mp
 from drfast.pipelines.memory_plan import PLACES, PlannedRun
+from drfast.search import first_pass as fp_mod
 from drfast.search.first_pass import build_first_pass
 from drfast.train.adore import AdoreConfig, adore_batch_loss, to_device
+
 
 def plan_memory(gpu_memory=None, host_memory=None, threads=None, **run):
     """mp.plan_memory of a PlannedRun of `run`, on the machine given."""
@@ -279,14 +285,6 @@ def test_mixed_placement_index_on_host_encoder_on_gpu(rng, kind):
 
 
 # ---- the first pass on the GPU, the exact rows on the host ("gpu-first-pass"), and first_pass="auto" ----
-import types  # noqa: E402
-import weakref  # noqa: E402
-
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
-
-from drfast.search import first_pass as fp_mod  # noqa: E402
-
 MSMARCO_ROBERTA = dict(docs=8_841_823, dim=768, model="roberta-base", batch_size=32, index="flat",
                        host_memory="64GB")
 ENCODER_ON_GPU = ("query encoder weights", "gradients", "AdamW state", "activations", "CUDA context")
@@ -383,7 +381,9 @@ def test_placed_search_bytes_bound_what_the_placed_search_allocates(rng, spec):
     with LiveBytes() as live:
         index.search(queries, k=k, positives=positives, cutoff=10, chunk_rows=chunk, backend="torch")
     planned = mp.placed_search_bytes(B, B, k, N, d, "int8", spec == "int8", chunk)
-    assert live.peak <= planned <= 2 * live.peak, (live.peak, planned)
+    assert live.peak <= planned, (live.peak, planned)
+    if spec == "int8-lean":  # (with refinement codes the plan holds a full batch of refined pairs, a bound)
+        assert planned <= 2 * live.peak, (live.peak, planned)
 
 
 @pytest.mark.gpu
@@ -398,7 +398,8 @@ def test_placed_search_bytes_bound_the_gpu_peak(rng):
     base = torch.cuda.memory_allocated()
     index.search(queries, k=k, positives=positives, cutoff=10)
     peak = torch.cuda.max_memory_allocated() - base
-    assert peak <= mp.placed_search_bytes(B, B, k, N, d, "int8", False), peak
+    small = 1 << 20  # the batch's own tensors (queries and their codes, positives, results): under 1 MB here
+    assert peak <= mp.placed_search_bytes(B, B, k, N, d, "int8", False) + small, peak
 
 
 def test_amp_keeps_16_bit_copies_of_the_weights():
@@ -411,11 +412,11 @@ def test_amp_keeps_16_bit_copies_of_the_weights():
 def test_auto_drops_the_refinement_codes_when_the_rows_would_not_stay_cached(monkeypatch):
     monkeypatch.setattr(mp, "resolve_auto", lambda: "int8")  # a CPU with AVX-512 VNNI
     run = dict(docs=8_841_823, dim=768, model_params="22.7M", index="flat", first_pass="auto")
-    for gpu in (0, "11GB"):  # the search on the CPU: host, or mixed (the GPU too small for the first pass)
-        small = plan_memory(**run, gpu_memory=gpu, host_memory="24GB", batch_size=256)
+    for gpu in (0, "6GB"):  # the search on the CPU: host, or mixed (the GPU too small for the first pass)
+        small = plan_memory(**run, gpu_memory=gpu, host_memory="24GB")
         assert small.placement["first_pass_spec"] == "int8-lean" and small.rows_cached, gpu
         assert small.placement["name"] in ("host", "mixed") and small.placement["first_pass"] == "host"
-        large = plan_memory(**run, gpu_memory=gpu, host_memory="64GB", batch_size=256)
+        large = plan_memory(**run, gpu_memory=gpu, host_memory="64GB")
         assert large.placement["first_pass_spec"] == "int8" and large.rows_cached
     # int8 with its refinement codes asked for explicitly on 24 GB: it fits, but the plan warns
     explicit = plan_memory(**{**run, "first_pass": "int8"}, gpu_memory=0, host_memory="24GB")
@@ -483,3 +484,20 @@ def test_cli_plan_puts_the_first_pass_on_the_gpu(capsys, spec):
     assert out["placement"]["name"] == "gpu-first-pass" and out["placement"]["first_pass_spec"] == "int8-lean"
     plan = plan_memory(**MSMARCO_ROBERTA, first_pass=spec, gpu_memory="11GiB")
     assert out == json.loads(plan.to_json())
+
+
+def test_adore_builds_its_index_with_the_first_pass_the_plan_resolved(tmp_path, monkeypatch):
+    from tiny import make_tiny_beir, make_tiny_hf_folder
+
+    from drfast.pipelines.adore import run_adore
+    from drfast.pipelines.specs import CorpusSpec, EncoderSpec, IndexSpec, OutputSpec, PlacementSpec
+
+    monkeypatch.setattr(mp, "resolve_auto", lambda: "int8")  # the plan's "auto" as on a VNNI CPU
+    monkeypatch.setattr(fp_mod, "resolve_auto", lambda: None)  # FlatIndex's own "auto" would build none
+    model = make_tiny_hf_folder(tmp_path / "model")
+    data = make_tiny_beir(tmp_path / "beir", np.random.default_rng(0), n_docs=80)
+    report = run_adore(CorpusSpec(data, cache=tmp_path / "cache"), EncoderSpec(model), OutputSpec(tmp_path / "out"),
+                       IndexSpec(first_pass="auto"), config=AdoreConfig(epochs=1, k=20, batch_size=4),
+                       placement=PlacementSpec(device="cpu"))
+    assert report["memory_plan"]["placement"]["first_pass_spec"] == "int8"
+    assert report["config"]["first_pass"] == "int8"

@@ -47,11 +47,16 @@ def _weights(output):
     return torch.load(os.path.join(output, "run", "checkpoint.pt"), weights_only=False)["model"]
 
 
-def _assert_close_weights(a, b, rel=1e-5):
+def _assert_close_weights(a, b, lr):
+    """Equal up to float rounding, amplified by AdamW: the ranks sum their gradients in another order (and
+    the CPU's GEMM kernels round differently on AVX2 and AVX-512 machines), and AdamW divides each
+    gradient by its running RMS, so a coordinate whose gradient is tiny moves by rounding-sized amounts
+    times lr / sqrt(v). 1.9e-5 was measured on an AVX2 EPYC (1e-5 held on AVX-512 machines); a batch
+    taken twice or dropped on one rank moves weights by a whole update, about lr each step."""
     assert a.keys() == b.keys()
     for name in a:
         x, y = a[name].double(), b[name].double()
-        assert (x - y).abs().max() <= rel * max(1.0, float(x.abs().max())), name
+        assert (x - y).abs().max() <= max(1e-5 * max(1.0, float(x.abs().max())), lr / 20), name
 
 
 def _assert_close_metrics(a, b):
@@ -88,7 +93,7 @@ def test_adore_two_ranks_equal_one(setup, adore_one, shard):
     assert reports[1]["after"] == ({} if not shard else {})  # rank 0 reports
     _assert_close_metrics(one["before"], two["before"])
     _assert_close_metrics(one["after"], two["after"])
-    _assert_close_weights(_weights(one_out), _weights(output))
+    _assert_close_weights(_weights(one_out), _weights(output), ADORE["lr"])
     log_one = [json.loads(line) for line in (one_out / "run" / "train_log.jsonl").read_text().splitlines()]
     log_two = [json.loads(line) for line in (output / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_one] == [r["step"] for r in log_two] == list(range(1, 7))
@@ -117,7 +122,7 @@ def test_star_two_ranks_equal_one(setup):
     two = json.loads((output / "metrics.json").read_text())
     assert two["config"]["world_size"] == 2
     _assert_close_metrics(one["before"], two["before"])
-    _assert_close_weights(_weights(one_out), _weights(output))
+    _assert_close_weights(_weights(one_out), _weights(output), STAR["lr"])
     _assert_close_metrics(one["after"], two["after"])
 
 

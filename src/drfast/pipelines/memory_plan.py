@@ -219,7 +219,9 @@ def placed_search_bytes(batch: int, nnz: int, k: int, docs: int, dim: int, kind:
                [B, c], and chunk_topk's stable sort of the chunk (values 1 block, int64 indices 2)
                with its workspace (assumed as large again: 3 blocks)
       ranks    products, lo, hi, the positives' bounds [nnz, c] x 2 float32 and 3 bool masks
-      refine   (int8 with refinement codes) PAIR_BATCH pairs of 4 [pairs, dp] int64 operands
+      refine   (int8 with refinement codes) the larger of PAIR_BATCH pairs of 4 [pairs, dp] int64
+               operands (a bound: a chunk with fewer undecided pairs allocates less) and the chunk's
+               residual products [Bp, c] x 2 with padded copies of its codes (when many pairs are)
     The sort's workspace is an estimate; the rest follows the code."""
     c = min(chunk, docs)
     dp = padded_dim(dim, kind)
@@ -235,7 +237,8 @@ def placed_search_bytes(batch: int, nnz: int, k: int, docs: int, dim: int, kind:
     bounds = products + 4 * block + operand
     topk = products + 2 * block + batch * (k + c) * 4 + block + batch * c + 3 * block + 3 * block
     ranks = products + 2 * block + 2 * nnz * c * 4 + 3 * nnz * c + c * 8
-    refined = min(PAIR_BATCH, batch * c) * dp * 8 * 4 if refine and kind == "int8" else 0
+    pairs = min(PAIR_BATCH, batch * c) * dp * 8 * 4
+    refined = max(pairs, 2 * products + 2 * operand) if refine and kind == "int8" else 0
     return max(bounds, topk, ranks) + refined
 
 
@@ -329,8 +332,8 @@ class MemoryPlan:
 class PlannedRun:
     """What an ADORE (or, with train_centroids, JPQ) run holds: `docs` x `dim` embeddings stored as
     `dtype`, the index `index` ("flat" | "pq:M" | "opq:M") and a flat index's `first_pass` (None |
-    "none" | "int8" | "int8-lean" | "bf16" | "auto": resolved on this CPU; `first_pass_refine`: the
-    int8 copy keeps its residual codes, FlatIndex's default), the encoder `model` (or `model_params`),
+    "none" | "int8" | "int8-lean" | "bf16" | "auto": resolved per placement, see the module's doc;
+    `first_pass_refine`: the int8 copy keeps its residual codes, FlatIndex's default), the encoder `model` (or `model_params`),
     `batch_size` queries of `query_max_length` tokens and `k` candidates. doc_id_bytes: the longest
     document id (default DEFAULT_DOC_ID_BYTES); positives_per_query: for the pair weights [nnz, k];
     document_tower: a copy of the encoder's weights stays on the host (drfast adore loads both

@@ -378,9 +378,17 @@ def overflow_risk(qc: QueryCodes, data: FirstPassData) -> bool:
 
 
 
+def exact_dtype(dp: int) -> torch.dtype:
+    """The float type in which any sum of dp products of two int8 codes in [-127, 127] is exact
+    (every partial sum an integer of magnitude < 2^24 for float32, < 2^53 for float64)."""
+    return torch.float32 if dp * 127 * 127 < 2**24 else torch.float64
+
+
 class TorchFirstPass:
     """The first and second bounds of chunks of rows as torch ops on `device` (the torch two-stage
-    path): int8 products by torch._int_mm, bf16 ones as float32 products of bf16 values."""
+    path): int8 products by torch._int_mm on CUDA, elsewhere (CPU: torch._int_mm is a slow reference
+    loop there) by float matmuls of the codes, exact as the int32 sums are (`exact_dtype`); bf16
+    products as float32 products of bf16 values (the bound's step 3)."""
 
     def __init__(self, data: FirstPassData, qc: QueryCodes, device: torch.device):
         t = lambda a: None if a is None else as_tensor(a).to(device)
@@ -396,6 +404,9 @@ class TorchFirstPass:
             self.q8_mm = torch.zeros(max(self.B, 17) + (-max(self.B, 17)) % 8, self.q8.shape[1], dtype=torch.int8,
                                      device=device)
             self.q8_mm[: self.B] = self.q8
+            # Products of codes in [-127, 127] summed over dp terms: exact in this float type.
+            self.exact = exact_dtype(self.q8.shape[1])
+            self.q8_float = self.q8.to(self.exact)
             if data.refine:
                 self.q8r = t(qc.res_signed)
                 rp = t(qc.res_params).double()
@@ -411,7 +422,10 @@ class TorchFirstPass:
             n = codes.shape[0]
             pad = (-n) % 8
             x = codes if not pad else torch.cat([codes, codes.new_zeros(pad, codes.shape[1])])
-            I = torch._int_mm(self.q8_mm, x.T)[: self.B, :n]
+            if self.device.type == "cuda":
+                I = torch._int_mm(self.q8_mm, x.T)[: self.B, :n]
+            else:  # integer-valued sums below 2^24 (float32) or 2^53 (float64): the same I
+                I = self.q8_float @ codes.to(self.exact).T
             est = (I.float() * a[None, :]) * self.c[:, None]
         else:
             I = None
@@ -419,19 +433,38 @@ class TorchFirstPass:
         delta = ((self.alpha[:, None] * e[None, :] + self.beta[:, None] * m[None, :]) + ETA) * SLACK
         return est - delta, est + delta, I
 
-    def refine(self, b: torch.Tensor, r: torch.Tensor, i11: torch.Tensor):
-        """Second bound (float64 lo2, hi2) of pairs (b, r), as in csrc/cpu/two_stage.cpp."""
-        x8, r8 = self.codes[r].long(), self.res_codes[r].long()
-        i12 = (self.q8[b].long() * r8).sum(1).double()
-        i21 = (self.q8r[b].long() * x8).sum(1).double()
-        s = self.stats.double()
-        s2 = self.res_stats.double()
-        c, c2, a, a2 = self.c[b].double(), self.c2[b], s[0, r], s2[0, r]
+    def int8_products(self, q8: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """q8 [B, dp] @ rows [n, dp]^T of int8 codes, exactly: torch._int_mm on CUDA, else in `exact`."""
+        if self.device.type != "cuda":
+            return q8.to(self.exact) @ rows.to(self.exact).T
+        pad_q, pad_r = max(q8.shape[0], 17) + (-max(q8.shape[0], 17)) % 8, (-rows.shape[0]) % 8
+        q = torch.cat([q8, q8.new_zeros(pad_q - q8.shape[0], q8.shape[1])]) if pad_q > q8.shape[0] else q8
+        x = torch.cat([rows, rows.new_zeros(pad_r, rows.shape[1])]) if pad_r else rows
+        return torch._int_mm(q, x.T)[: q8.shape[0], : rows.shape[0]]
+
+    def residual_products(self, start: int, end: int) -> tuple:
+        """(I12, I21) [B, c] for rows [start, end): q8 . r8 and q8' . x8 of every pair, exact (the
+        second bound of many pairs of a chunk at once)."""
+        return (self.int8_products(self.q8, self.res_codes[start:end]),
+                self.int8_products(self.q8r, self.codes[start:end]))
+
+    def refine(self, b: torch.Tensor, r: torch.Tensor, i11: torch.Tensor, i12: Optional[torch.Tensor] = None,
+               i21: Optional[torch.Tensor] = None):
+        """Second bound (float64 lo2, hi2) of pairs (b, r), as in csrc/cpu/two_stage.cpp; i12 / i21:
+        the pairs' residual products when computed already (residual_products)."""
+        if i12 is None:
+            x8, r8 = self.codes[r].to(self.exact), self.res_codes[r].to(self.exact)
+            i12 = (self.q8_float[b] * r8).sum(1)  # exact (see exact_dtype)
+            i21 = (self.q8r[b].to(self.exact) * x8).sum(1)
+        i12, i21 = i12.double(), i21.double()
+        s = self.stats[:, r].double()
+        s2 = self.res_stats[:, r].double()
+        c, c2, a, a2 = self.c[b].double(), self.c2[b], s[0], s2[0]
         est = c * a * i11.double() + c * a2 * i12 + c2 * a * i21
         alpha = self.alpha[b].double()
         rel = 2.0 ** -40
-        delta = (alpha * s2[1, r] + self.beta2[b] * s2[2, r] + self.w2[b] * s2[3, r]
-                 + rel * (alpha + self.beta1[b] + self.w2[b]) * (s[2, r] + s2[3, r]) + ETA) * (1 + rel)
+        delta = (alpha * s2[1] + self.beta2[b] * s2[2] + self.w2[b] * s2[3]
+                 + rel * (alpha + self.beta1[b] + self.w2[b]) * (s[2] + s2[3]) + ETA) * (1 + rel)
         return est - delta, est + delta
 
 

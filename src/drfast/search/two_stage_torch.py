@@ -25,6 +25,7 @@ from drfast.search.torch_path import DEFAULT_CHUNK, chunk_topk, ordered_topk, pa
 REFINED, RESCORED_TOPK, RESCORED_RANKS = (WORK_PER_QUERY[c] for c in ("refined", "rescored_topk", "rescored_ranks"))
 POS_REFINED, POS_RESCORED = (WORK_PER_POSITIVE[c] for c in ("refined", "rescored"))
 PAIR_BATCH = 16384
+DENSE_REFINE = 32  # the second bound of > 1/32 of a chunk's pairs: residual products by matmul, once
 
 
 def batched(fn, n: int, *arrays):
@@ -81,6 +82,7 @@ class TorchTwoStage:
 
     def chunk(self, start: int, end: int) -> None:
         lo, hi, I = self.fp.bounds(start, end)
+        self._residual = None  # the chunk's residual products, when many pairs need them
         self._topk(start, end, lo, hi, I)
         if self.pos_ids.numel():
             self._ranks(start, end, lo, hi, I)
@@ -96,7 +98,7 @@ class TorchTwoStage:
         bi, ci = ((hi > T[:, None]) & (hi >= L[:, None])).nonzero(as_tuple=True)
         if self.fp.data.refine and bi.numel():
             self.work_q[:, REFINED] += torch.bincount(bi, minlength=B)
-            _, hi2 = batched(self.fp.refine, bi.numel(), bi, ci + start, I[bi, ci])
+            _, hi2 = self._refine(bi, ci, start, end, I)
             keep = (hi2 > T[bi].double()) & (hi2 >= L[bi].double())
             bi, ci = bi[keep], ci[keep]
         self.work_q[:, RESCORED_TOPK] += torch.bincount(bi, minlength=B)
@@ -118,7 +120,7 @@ class TorchTwoStage:
         pi, ci = band.nonzero(as_tuple=True)
         if self.fp.data.refine and pi.numel():
             self.work_p[:, POS_REFINED] += torch.bincount(pi, minlength=nnz)
-            lo2, hi2 = batched(self.fp.refine, pi.numel(), pq[pi], ci + start, I[pq[pi], ci])
+            lo2, hi2 = self._refine(pq[pi], ci, start, end, I)
             spd = self.pos_scores[pi].double()
             self.counts += torch.bincount(pi[lo2 > spd], minlength=nnz)
             und = (lo2 <= spd) & (hi2 >= spd)
@@ -129,6 +131,15 @@ class TorchTwoStage:
             spi, r = self.pos_scores[pi], ci + start
             before = (s > spi) | ((s == spi) & (r < self.pos_ids[pi]))
             self.counts += torch.bincount(pi[before], minlength=nnz)
+
+    def _refine(self, b: torch.Tensor, c: torch.Tensor, start: int, end: int, I: torch.Tensor):
+        """Second bounds of pairs (query b, row start + c) of this chunk."""
+        if b.numel() * DENSE_REFINE < self.B * (end - start):
+            return batched(self.fp.refine, b.numel(), b, c + start, I[b, c])
+        if self._residual is None:
+            self._residual = self.fp.residual_products(start, end)
+        i12, i21 = self._residual
+        return batched(self.fp.refine, b.numel(), b, c + start, I[b, c], i12[b, c], i21[b, c])
 
     def result(self, k: int, cutoff: int) -> SearchResult:
         B, kept, dev = self.B, self.kept, self.best_s.device
