@@ -35,8 +35,8 @@ class UsageError(ValueError):
     >>> try:
     ...     drfast.FlatIndex(np.eye(3, dtype=np.float32)).search(np.ones((1, 3), np.float32), k=0)
     ... except drfast.UsageError as e:
-    ...     print(e.param, "|", e)
-    k | k: must be >= 1, got 0
+    ...     (e.param, str(e))
+    ('k', 'k: must be >= 1, got 0')
     """
 
     def __init__(self, param: Optional[str], detail: str):

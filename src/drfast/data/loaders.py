@@ -242,13 +242,13 @@ def load_beir(folder: PathLike, split: str, *, round_grades: bool = False, doc_i
     --------
     >>> import json, os, tempfile, drfast
     >>> folder = tempfile.mkdtemp(); os.makedirs(os.path.join(folder, "qrels"))
-    >>> with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
-    ...     for i, text in enumerate(["cats purr", "dogs bark", "fish swim"]):
-    ...         print(json.dumps({"_id": f"d{i}", "title": "", "text": text}), file=f)
-    >>> with open(os.path.join(folder, "queries.jsonl"), "w") as f:
-    ...     print(json.dumps({"_id": "q1", "text": "which animal purrs?"}), file=f)
-    >>> with open(os.path.join(folder, "qrels", "test.tsv"), "w") as f:
-    ...     print("query-id\tcorpus-id\tscore\nq1\td0\t1\nq1\td2\t0", file=f)
+    >>> def write(name, lines):
+    ...     with open(os.path.join(folder, name), "w") as f:
+    ...         f.write("\n".join(lines) + "\n")
+    >>> write("corpus.jsonl", [json.dumps({"_id": f"d{i}", "title": "", "text": text})
+    ...                        for i, text in enumerate(["cats purr", "dogs bark", "fish swim"])])
+    >>> write("queries.jsonl", [json.dumps({"_id": "q1", "text": "which animal purrs?"})])
+    >>> write("qrels/test.tsv", ["query-id\tcorpus-id\tscore", "q1\td0\t1", "q1\td2\t0"])
     >>> data = drfast.load_beir(folder, "test")
     >>> len(data.corpus), data.queries, data.qrels, data.positives
     (3, {'q1': 'which animal purrs?'}, {'q1': {'d0': 1, 'd2': 0}}, {'q1': ['d0']})
