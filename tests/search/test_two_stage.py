@@ -275,7 +275,12 @@ def test_torch_path_float_data_matches_the_torch_exact_path(rng, kind, refine):
     res = drfast.FlatIndex(docs, first_pass=kind, refine=refine).search(q, k=25, positives=pos, backend="torch")
     np.testing.assert_array_equal(res.pos_scores, ref.pos_scores)
     np.testing.assert_array_equal(res.pos_ranks, ref.pos_ranks)
-    np.testing.assert_array_equal(res.ids, ref.ids)
+    # Two rows whose scores lie within the matmul's rounding may come in either order (seen with
+    # DRFAST_SEED=3325945812 on an AVX2 CPU): ids may differ only where the exact scores are that close.
+    exact = q.astype(np.float64) @ docs.T.astype(np.float64)
+    b, j = np.nonzero(res.ids != ref.ids)
+    gap = np.abs(exact[b, res.ids[b, j]] - exact[b, ref.ids[b, j]])
+    assert (gap <= 1e-5 * np.maximum(1.0, np.abs(exact[b, ref.ids[b, j]]))).all(), (b, j, gap)
     np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-5, atol=1e-5)
 
 
