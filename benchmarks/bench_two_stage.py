@@ -72,16 +72,21 @@ def depth_split(stats, ranks) -> str:
     return "; ".join(parts)
 
 
+def check_and_record(record, name: str, method: str, out, ref) -> None:
+    """Every output bit-identical to the exact scan's, then the row of the table."""
+    for f in ("ids", "scores", "pos_scores", "pos_ranks", "pair_weights"):
+        assert np.array_equal(getattr(out, f), getattr(ref, f)), f"{method}: {f} differs from the exact scan"
+    label = "exact fused scan" if method == "exact" else f"two-stage {method}"
+    record(name, label, "drfast" if method == "exact" else "other")
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_two_stage(benchmark, record, case, method):
     index = index_for(case, method)
     benchmark.group = case.name
     run = lambda: index.search(case.q, k=K, positives=case.positives, cutoff=CUTOFF)
     out = benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
-    for f in ("ids", "scores", "pos_scores", "pos_ranks", "pair_weights"):
-        assert np.array_equal(getattr(out, f), getattr(case.ref, f)), f"{method}: {f} differs from the exact scan"
-    label = "exact fused scan" if method == "exact" else f"two-stage {method}"
-    record(case.name, label, "drfast" if method == "exact" else "other")
+    check_and_record(record, case.name, method, out, case.ref)
     if method != "exact":
         s = index.last_search_stats
         record.note(f"{case.name} {method}: +{index.first_pass_bytes / 2**20:.0f} MiB first-pass copy "
@@ -130,10 +135,7 @@ def test_uniform_positives(benchmark, record, uniform_case, method):
     run = lambda: index.search(c.q, k=K, positives=c.positives, cutoff=CUTOFF, rank_depth=depth)
     out = benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
     ref = c.depth if depth else c.full
-    for f in ("ids", "scores", "pos_scores", "pos_ranks", "pair_weights"):
-        assert np.array_equal(getattr(out, f), getattr(ref, f)), f"{method}: {f} differs from the exact scan"
-    label = "exact fused scan" if method == "exact" else f"two-stage {method}"
-    record(c.name, label, "drfast" if method == "exact" else "other")
+    check_and_record(record, c.name, method, out, ref)
     if method != "exact":
         s = index.last_search_stats
         record.note(f"{c.name} {method}: per query {s.refined.mean():.0f} refined, {s.rescored_topk.mean():.0f} "
