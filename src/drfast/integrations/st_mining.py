@@ -101,7 +101,7 @@ def mine_hard_negatives(dataset, model, anchor_column_name=None, positive_column
                                      cache_folder, verbose)
     k = filters.range_max + max_positives + 1
     scores, indices, positive_scores, positive_ranks = _search(search_index, query_emb, texts, k,
-                                                               faiss_batch_size, verbose)
+                                                               faiss_batch_size, verbose, output_positive_ranks)
     if cross_encoder is not None:
         positive_scores = _rescore(cross_encoder, texts, scores, indices, batch_size, use_multi_process)
     log_counters = {}
@@ -311,15 +311,18 @@ def _save_cached(path, emb, verbose):
         print(f"[Cache] Saved {os.path.basename(path).split('_')[0]} embeddings to {path}")  # mirrors ST
 
 
-def _search(index, query_emb, texts: Texts, k: int, batch: int, verbose: bool):
+def _search(index, query_emb, texts: Texts, k: int, batch: int, verbose: bool, full_ranks: bool):
     """Top-k candidates ([Q, k] scores and rows, -inf / -1 padding past the corpus), each positive's score
-    (the kernel's own, consistent with the scan) and exact corpus rank, in batches of `batch` queries."""
+    (the kernel's own, consistent with the scan) and corpus rank, in batches of `batch` queries. Ranks are
+    exact at full depth with `full_ranks`, else only up to k (deeper: k + 1): mining itself reads no rank,
+    and a two-stage first pass then stops refining a positive once it is proven below the top-k."""
     query_emb = np.ascontiguousarray(to_numpy(query_emb), dtype=np.float32)
     k_search = k if k <= index.ntotal + MAX_SEARCH_PADDING else index.ntotal
+    depth = None if full_ranks else k_search
     scores, indices, pos_scores, pos_ranks = [], [], [], []
     for start in tqdm(range(0, len(query_emb), batch), desc="Searching with drfast", disable=not verbose):
         res = index.search(query_emb[start:start + batch], k=k_search,
-                           positives=texts.positive_indices[start:start + batch])
+                           positives=texts.positive_indices[start:start + batch], rank_depth=depth)
         scores.append(torch.as_tensor(to_numpy(res.scores)))
         indices.append(torch.as_tensor(to_numpy(res.ids)))
         pos_scores.append(torch.as_tensor(to_numpy(res.pos_scores)))
