@@ -24,7 +24,7 @@ import torch
 
 D, ANCHORS, RANGE_MAX, NUM_NEGATIVES = 384, 10_000, 100, 3
 CASES = [pytest.param(200_000, id="200k"), pytest.param(1_000_000, id="1M", marks=pytest.mark.slow)]
-METHODS = ["drfast", "st-exact", "st-faiss"]
+METHODS = ["drfast", "drfast-exact-scan", "st-exact", "st-faiss"]
 
 
 class ArrayModel:
@@ -110,15 +110,19 @@ def test_st_mining(record, case, method):
     kwargs = dict(corpus=case.corpus, range_max=RANGE_MAX, num_negatives=NUM_NEGATIVES, verbose=False)
     if method == "drfast":
         run = lambda: mine_hard_negatives(case.ds, case.model, **kwargs)
+    elif method == "drfast-exact-scan":
+        run = lambda: mine_hard_negatives(case.ds, case.model, first_pass=None, **kwargs)
     elif method == "st-exact":
         run = lambda: st_mine(case.ds, case.model, use_faiss=False, faiss_batch_size=1024, **kwargs)
     else:
         run = lambda: st_mine(case.ds, case.model, use_faiss=True, **kwargs)
     out, seconds, extra = peak_extra_rss(run)
     case.results[method] = out
-    label = {"drfast": "drfast mine_hard_negatives", "st-exact": "ST exact (use_faiss=False)",
+    label = {"drfast": "drfast mine_hard_negatives", "drfast-exact-scan": "drfast, first_pass=None",
+             "st-exact": "ST exact (use_faiss=False)",
              "st-faiss": "ST faiss (IndexFlatIP, CPU)"}[method]
-    record(case.name, label, "drfast" if method == "drfast" else "baseline", seconds=seconds)
+    kind = {"drfast": "drfast", "drfast-exact-scan": "other"}.get(method, "baseline")
+    record(case.name, label, kind, seconds=seconds)
     same = ""
     if method != "drfast" and "drfast" in case.results:
         same = ", same rows as drfast" if out.to_dict() == case.results["drfast"].to_dict() else \

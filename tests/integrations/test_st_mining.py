@@ -145,16 +145,19 @@ def test_index_argument_skips_corpus_encoding(pairs, tmp_path):
     assert e.value.param in ("corpus", "index")
 
 
-def test_first_pass_gives_the_same_rows(pairs):
+@pytest.mark.parametrize("first_pass", ["int8", "int8-lean", "auto"])
+@pytest.mark.parametrize("ranks", [False, True])
+def test_first_pass_gives_the_same_rows(pairs, first_pass, ranks):
     from datasets import Dataset
 
     from drfast.integrations.sentence_transformers import mine_hard_negatives
 
     anchors, positives, corpus, vectors = pairs
     ds = Dataset.from_dict({"query": anchors, "answer": positives})
-    a = mine_hard_negatives(ds, LookupModel(vectors), corpus=corpus, verbose=False, output_scores=True)
+    a = mine_hard_negatives(ds, LookupModel(vectors), corpus=corpus, verbose=False, output_scores=True,
+                            first_pass=None, output_positive_ranks=ranks)
     b = mine_hard_negatives(ds, LookupModel(vectors), corpus=corpus, verbose=False, output_scores=True,
-                            first_pass="int8")
+                            first_pass=first_pass, output_positive_ranks=ranks)
     assert a.to_dict() == b.to_dict()
 
 

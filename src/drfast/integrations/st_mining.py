@@ -15,7 +15,8 @@ summary. What differs, on purpose:
 - Similarity is the inner product of the (unit-normalised) embeddings: models whose `similarity_fn_name` is
   "cosine" or "dot" (the same on unit vectors); "euclidean"/"manhattan" raise NotImplementedError.
 - Extras: `index=` (a drfast index, a saved index folder, a faiss index or index file whose rows are
-  `corpus` in order: the corpus is not encoded), `first_pass=` (FlatIndex's exact two-stage search) and
+  `corpus` in order: the corpus is not encoded), `first_pass=` (FlatIndex's exact two-stage search; "auto" by
+  default) and
   `output_positive_ranks=True` (a column "positive_rank": each row's positive's exact 1-based rank over the
   whole corpus, as in drfast's SearchResult.pos_ranks).
 """
@@ -53,7 +54,7 @@ def mine_hard_negatives(dataset, model, anchor_column_name=None, positive_column
                         query_prompt_name=None, query_prompt=None, corpus_prompt_name=None, corpus_prompt=None,
                         include_positives=False, output_format="triplet", output_scores=False, batch_size=32,
                         faiss_batch_size=16384, use_faiss=False, use_multi_process=False, verbose=True,
-                        cache_folder=None, as_triplets=None, margin=None, *, index=None, first_pass=None,
+                        cache_folder=None, as_triplets=None, margin=None, *, index=None, first_pass="auto",
                         output_positive_ranks=False):
     """Add hard negatives to a dataset of (anchor, positive) pairs, as
     `sentence_transformers.util.mine_hard_negatives` (6.3.0) does, with drfast's exact search.
@@ -63,7 +64,9 @@ def mine_hard_negatives(dataset, model, anchor_column_name=None, positive_column
     index: the corpus' embeddings already indexed (a drfast index, a folder written by `index.save`, a faiss
         index or a faiss index file), rows in the order of `corpus`; `corpus` must then be given, unique and
         contain every positive. The corpus is not encoded.
-    first_pass: FlatIndex's first pass (None, "int8", "bf16", "auto"): faster, bit-identical results.
+    first_pass: the first pass of the index mining builds (FlatIndex's: "auto", "int8", "int8-lean", "bf16" or
+        None for the exact scan alone): the same results, bit for bit, sooner where the CPU has a fast
+        int8 kernel ("auto" picks it, else the exact scan). Left at "auto" (or None) with `index=`.
     output_positive_ranks: add an int column "positive_rank", the exact corpus rank of each row's positive
         (not available with output_format="labeled-pair", whose rows are not tied to one positive).
     """
@@ -237,7 +240,7 @@ def _resolve_index(index, first_pass, n_corpus):
         index = load_faiss_index(index)  # a faiss index object
     elif type(index).__module__.startswith("faiss"):
         index = load_faiss_index(index)
-    if first_pass is not None:
+    if first_pass not in (None, "auto"):
         raise UsageError("first_pass", "applies to the index mining builds; give it when building index= instead")
     if index.ntotal != n_corpus:
         raise UsageError("index", f"has {index.ntotal} rows but the corpus has {n_corpus} texts")
