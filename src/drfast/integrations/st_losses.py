@@ -5,7 +5,8 @@ Matched against sentence-transformers 6.3.0: a loss is an nn.Module holding `mod
 text column (here the one "query" column) and the label column untokenized; `get_config_dict` and
 `citation` feed the model card. The trainer sums every value of a returned dict into the loss, so ADORE's
 statistics (MRR@10 of the batch's positives, pairs) are not returned as loss components but added to the
-trainer's logs by `AdoreLoss.callback()` (pass it in the trainer's `callbacks`).
+trainer's logs by `AdoreLoss.callback()` (pass it in the trainer's `callbacks`); under torchrun they are
+means over every rank's batches, as the logged loss is.
 
 With `train_centroids=True` (JPQ, Zhan et al., CIKM'21) the loss owns a copy of the PQ index whose
 centroids are a parameter of the loss, as in `drfast adore --train-centroids`: sentence-transformers'
@@ -27,8 +28,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from drfast.common.distributed import all_reduce_sum, current
 from drfast.common.errors import UsageError, UsageTypeError
 from drfast.encode.encoders import COSINE_SIMILARITY_SCALE
+from drfast.index.sharded import ShardedIndex
 from drfast.integrations.st_query_side import document_router, trainable_document_parameters
 from drfast.train import adore_batch_loss
 
@@ -94,14 +97,12 @@ class AdoreLoss(torch.nn.Module):
 
     def forward(self, sentence_features: Sequence[dict], labels: torch.Tensor) -> torch.Tensor:
         features = list(sentence_features)
-        if len(features) != 1:
-            raise UsageError("dataset", f"AdoreLoss takes one text column ('query') and a 'label' column, got "
-                                        f"{len(features)} text columns")
-        if labels is None:
-            raise UsageError("dataset", "needs a 'label' column: each query's position in positives")
+        problem = self._batch_problem(features, labels)
+        if isinstance(self.index, ShardedIndex):  # its search is collective: every rank raises, none waits
+            current().check_all(problem, "AdoreLoss: the batch")
+        elif problem is not None:
+            raise problem
         rows = labels.tolist()
-        if any(not 0 <= r < len(self.positives) for r in rows):
-            raise UsageError("label", f"must be positions in positives, in [0, {len(self.positives)})")
         q = self.model(features[0], task="query")["sentence_embedding"]
         loss, info = adore_batch_loss(q.float(), self.index, [self.positives[r] for r in rows], self.k, self.cutoff,
                                       self.score_scale, self.only_if_unretrieved, self.normalizer)
@@ -111,10 +112,19 @@ class AdoreLoss(torch.nn.Module):
             self._steps += 1
         return loss
 
+    def _batch_problem(self, features: list, labels: Optional[torch.Tensor]) -> Optional[UsageError]:
+        """What is wrong with a batch (None if nothing)."""
+        if len(features) != 1:
+            return UsageError("dataset", f"AdoreLoss takes one text column ('query') and a 'label' column, got "
+                                         f"{len(features)} text columns")
+        if labels is None:
+            return UsageError("dataset", "needs a 'label' column: each query's position in positives")
+        if any(not 0 <= r < len(self.positives) for r in labels.tolist()):
+            return UsageError("label", f"must be positions in positives, in [0, {len(self.positives)})")
+        return None
+
     def _trainable_copy(self, index):
         """A copy of the PQ index sharing its codes, whose centroids are this loss' parameter `centroids`."""
-        from drfast.common.distributed import current
-
         if getattr(index, "kind", None) not in ("pq", "opq") or not hasattr(index, "centroids"):
             raise UsageError("train_centroids", f"trains the centroids of a PQ index; a "
                                                 f"{getattr(index, 'kind', type(index).__name__)} index has none")
@@ -131,16 +141,22 @@ class AdoreLoss(torch.nn.Module):
         self.index.save(path)
 
     def take_logged(self) -> dict:
-        """Means of MRR@10 and pairs over the training batches since the last call (empty if none)."""
-        if not self._steps:
-            return {}
-        out = {key: round(value / self._steps, 4) for key, value in self._sums.items()}
+        """Means of MRR@10 and pairs over the training batches since the last call (empty if none).
+
+        Under torch.distributed the means are over every rank's batches, as the trainer's logged loss
+        is (a rank's own batches are only its share of the global batch), so this is collective there:
+        every rank calls it (the callback's on_log runs on every rank)."""
+        totals = all_reduce_sum([self._sums[key] for key in LOGGED] + [self._steps])
         self._sums, self._steps = dict.fromkeys(LOGGED, 0.0), 0
-        return out
+        steps = float(totals[-1])
+        if not steps:
+            return {}
+        return {key: round(float(value) / steps, 4) for key, value in zip(LOGGED, totals)}
 
     def callback(self):
-        """A transformers TrainerCallback that adds "mrr10" and "pairs" to every training log line and, with
-        train_centroids, saves the trained index to OUTPUT/index and to every checkpoint's index/."""
+        """A transformers TrainerCallback that adds "mrr10" and "pairs" (means over all ranks under torchrun)
+        to every training log line and, with train_centroids, saves the trained index to OUTPUT/index and
+        to every checkpoint's index/."""
         from transformers import TrainerCallback
 
         loss = self
