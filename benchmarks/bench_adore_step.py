@@ -161,7 +161,7 @@ def method_drfast(c):
 
 def method_two_stage(c):
     if c.two_stage is None:
-        pytest.skip("flat index only, on a CPU with a fast first-pass kernel (AVX-512 VNNI / BF16)")
+        pytest.skip("flat index only, on a CPU with a fast first-pass kernel (AVX-512 VNNI / BF16, AVX2)")
 
     def run(q):
         loss, _ = adore_batch_loss(q, c.two_stage, c.positives, k=K, cutoff=CUTOFF, score_scale=SCORE_SCALE)

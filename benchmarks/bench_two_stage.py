@@ -145,7 +145,8 @@ def test_uniform_positives(benchmark, record, uniform_case, method):
 
 NOTES = (
     f"B={B} d={D} k={K} cutoff={CUTOFF}, 1 positive/query at depths 1..N/2; results bit-identical to the exact scan.",
-    "int8 = VNNI first pass + residual int8 refinement (second bound); int8-norefine = first bound only; "
+    "int8 = int8 first pass (AVX-512 VNNI, else AVX2) + residual int8 refinement (second bound); "
+    "int8-norefine = first bound only; "
     "bf16 = AVX512_BF16 first pass.",
     f"uniform positives: ADORE depth = max(k, cutoff, train.adore.DEFAULT_RANK_DEPTH) = {ADORE_DEPTH}.",
 )

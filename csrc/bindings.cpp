@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -367,6 +368,64 @@ void pq_search_cuda(uintptr_t luts, int64_t B, int64_t m, uintptr_t codes, int64
 }
 #endif
 
+// Test hooks for the active first-pass table's kernels on given arrays (each level's table against
+// a plain reference, tests/search/test_first_pass_kernels.py).
+// Bounds of every query against rows r0 .. r0 + nb, in blocks of kFpBlockRows: (lo, hi) [B, nb].
+py::tuple first_pass_bounds_cpu(py::dict first_pass, int64_t d, int64_t r0, int64_t nb) {
+  DRFAST_CHECK(first_pass.contains("qcodes") && first_pass.contains("codes"), "first_pass: needs qcodes and codes");
+  SearchInput in{};
+  in.B = first_pass["qcodes"].cast<py::array>().shape(0);
+  in.N = first_pass["codes"].cast<py::array>().shape(0);
+  in.d = d;
+  DRFAST_CHECK(d >= 1, "d must be >= 1");
+  DRFAST_CHECK(r0 >= 0 && nb >= 0 && r0 + nb <= in.N, "r0, nb: rows out of range");
+  FirstPassArrays keep;
+  const drfast::FirstPassView fp = first_pass_view(in, first_pass, keep);
+  py::array_t<float> lo({in.B, nb}), hi({in.B, nb});
+  float *l = lo.mutable_data(), *h = hi.mutable_data();
+  const drfast::FirstPassKernels& k = drfast::active_first_pass();
+  std::vector<uint32_t> scratch(static_cast<size_t>(in.B) * drfast::kFpBlockRows + 2 * fp.dp);
+  {
+    py::gil_scoped_release release;
+    for (int64_t i = 0; i < nb; i += drfast::kFpBlockRows)
+      k.bounds_block(fp, scratch.data(), r0 + i, std::min(drfast::kFpBlockRows, nb - i), l + i, h + i, nb);
+  }
+  return py::make_tuple(lo, hi);
+}
+
+// The second bound's dot products: u1, u2 uint8 [len]; s1, s2 int8 [n, len] (len a multiple of
+// kFpAlign); idx int32 [m] rows of s1/s2. Returns (d12, d21) int32 [m].
+py::tuple first_pass_refine_dots_cpu(py::array u1, py::array u2, py::array s1, py::array s2, py::array idx) {
+  check_array(u1, "u1", 'u', 1, 1);
+  check_array(u2, "u2", 'u', 1, 1);
+  check_array(s1, "s1", 'i', 1, 2);
+  check_array(s2, "s2", 'i', 1, 2);
+  check_array(idx, "idx", 'i', 4, 1);
+  const int64_t len = u1.shape(0), n = s1.shape(0), m = idx.shape(0);
+  DRFAST_CHECK(len % drfast::kFpAlign == 0, "u1: length must be a multiple of first_pass_align");
+  DRFAST_CHECK(u2.shape(0) == len && s1.shape(1) == len && s2.shape(0) == n && s2.shape(1) == len,
+               "u2, s1, s2: lengths differ from u1's");
+  const int32_t* ix = static_cast<const int32_t*>(idx.data());
+  for (int64_t j = 0; j < m; ++j) DRFAST_CHECK(ix[j] >= 0 && ix[j] < n, "idx: row out of range");
+  py::array_t<int32_t> d12(m), d21(m);
+  drfast::active_first_pass().refine_dots(static_cast<const uint8_t*>(u1.data()), static_cast<const uint8_t*>(u2.data()),
+                                          static_cast<const int8_t*>(s1.data()), static_cast<const int8_t*>(s2.data()),
+                                          len, ix, m, len, d12.mutable_data(), d21.mutable_data());
+  return py::make_tuple(d12, d21);
+}
+
+// select_band and count_above on float32 lo, hi [n]: (indices int32 [m] with lo <= x <= hi, #{lo > x}).
+py::tuple first_pass_band_cpu(py::array lo, py::array hi, float x) {
+  check_array(lo, "lo", 'f', 4, 1);
+  check_array(hi, "hi", 'f', 4, 1);
+  const int64_t n = lo.shape(0);
+  DRFAST_CHECK(hi.shape(0) == n, "hi: length differs from lo's");
+  const float *l = static_cast<const float*>(lo.data()), *h = static_cast<const float*>(hi.data());
+  std::vector<int32_t> idx(static_cast<size_t>(n));
+  const drfast::FirstPassKernels& k = drfast::active_first_pass();
+  const int64_t m = k.select_band(l, h, n, x, idx.data());
+  return py::make_tuple(py::array_t<int32_t>(m, idx.data()), k.count_above(l, n, x));
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -408,6 +467,12 @@ PYBIND11_MODULE(_C, m) {
   m.attr("work_columns") = work_columns;
   m.def("first_pass_kernels", []() { return std::string(drfast::active_first_pass().name); });
   m.def("fast_first_pass_kinds", []() { return std::string(drfast::fast_first_pass_kinds()); });
+  m.def("first_pass_bounds", &first_pass_bounds_cpu, "Test hook: the active first-pass table's bounds of rows r0..r0+nb",
+        py::arg("first_pass"), py::arg("d"), py::arg("r0"), py::arg("nb"));
+  m.def("first_pass_refine_dots", &first_pass_refine_dots_cpu, "Test hook: the active table's refine_dots",
+        py::arg("u1"), py::arg("u2"), py::arg("s1"), py::arg("s2"), py::arg("idx"));
+  m.def("first_pass_band", &first_pass_band_cpu, "Test hook: the active table's select_band and count_above",
+        py::arg("lo"), py::arg("hi"), py::arg("x"));
   m.def("simd_level", []() { return std::string(drfast::simd_level()); });
   m.def("set_simd_level", &drfast::set_simd_level, py::arg("level"));
   m.def("supported_simd_levels", &drfast::supported_simd_levels);

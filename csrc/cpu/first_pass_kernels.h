@@ -1,11 +1,13 @@
 // The low-precision first pass of the exact two-stage flat search (cpu/two_stage.cpp): one table
 // of plain functions per instruction set, like IsaKernels (cpu/isa_kernels.h) and under the same
-// rules: cpu/first_pass.inc is compiled once per ISA unit (fp_generic.cpp, fp_avx512vnni.cpp,
-// fp_avx512bf16.cpp, each with its own -m flags) and uses no STL and no shared inline code.
+// rules: cpu/first_pass.inc is compiled once per ISA unit (fp_generic.cpp, fp_avx2.cpp,
+// fp_avx512vnni.cpp, fp_avx512bf16.cpp, each with its own -m flags) and uses no STL and no shared
+// inline code.
 //
 // Codes are row-major with kFpAlign-byte padded rows (zero padding contributes nothing):
 //   int8: rows int8 [N, dp], dp = round_up(d, 64); queries as uint8 q8 + 128 [B, dp], so that
-//         sum(u8 * x8) - 128 * sum(x8) = q8 . x8 exactly in int32 (vpdpbusd multiplies u8 by s8).
+//         sum(u8 * x8) - 128 * sum(x8) = q8 . x8 exactly in int32 (vpdpbusd multiplies u8 by s8;
+//         AVX2 widens both to int16 for vpmaddwd, whose pair sums of these products are exact).
 //   bf16: rows and queries as bfloat16 bits [*, dp], dp = round_up(d, 32).
 // The bound arithmetic (see src/drfast/search/first_pass.py for the derivation) is the same in
 // every table: est = (float(I) * a_r) * c_b (int8) or the fp32 sum (bf16), and
@@ -39,7 +41,7 @@ struct FirstPassView {
 struct FirstPassKernels {
   const char* name;
   // lo/hi[b * ld + i] for every query b and row r0 + i, i < nb <= kFpBlockRows. `scratch` holds
-  // B * kFpBlockRows 32-bit words.
+  // B * kFpBlockRows + 2 * dp 32-bit words (the tail: the AVX2 table's rows widened to int16).
   void (*bounds_block)(const FirstPassView& v, void* scratch, int64_t r0, int64_t nb, float* lo, float* hi,
                        int64_t ld);
   // The second bound's dot products of one query against rows idx[0 .. m) of a block (uint8 x int8,
@@ -54,13 +56,15 @@ struct FirstPassKernels {
 };
 
 extern const FirstPassKernels kFpGeneric;
+extern const FirstPassKernels kFpAvx2;        // AVX2 + FMA: int8 through vpmaddwd; bf16 per pair (generic)
 extern const FirstPassKernels kFpAvx512Vnni;  // AVX-512 F/BW/VL + VNNI; bf16 through fp32 FMAs
 extern const FirstPassKernels kFpAvx512Bf16;  // the above + AVX512_BF16 (vdpbf16ps)
 
-// The table for the active SIMD level (isa_dispatch.cpp): generic unless the level is avx512 and the
-// CPU has VNNI (and BF16 for the last table).
+// The table for the active SIMD level (isa_dispatch.cpp): at the avx512 level the VNNI table when
+// the CPU has VNNI (the BF16 one with BF16 too), else the avx2 table at the avx512 and avx2 levels,
+// generic at the generic level.
 const FirstPassKernels& active_first_pass();
-// "int8,bf16" / "bf16" / "": the first-pass kinds with a fast native kernel at the active level.
+// "int8,bf16" / "int8" / "": the first-pass kinds with a fast native kernel at the active level.
 const char* fast_first_pass_kinds();
 
 }  // namespace drfast

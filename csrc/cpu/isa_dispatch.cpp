@@ -60,7 +60,8 @@ std::string supported_simd_levels() {
 }
 
 // The two-stage search's first pass (cpu/first_pass_kernels.h): VNNI (and BF16) tables only at the
-// avx512 level, so forcing a lower level also gives portable first-pass kernels.
+// avx512 level, the AVX2 table at the avx512 (CPUs without VNNI) and avx2 levels, the generic one at
+// the generic level; forcing a lower level also forces the matching first-pass kernels.
 namespace {
 bool cpu_has_vnni() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -82,13 +83,13 @@ const bool g_has_bf16 = cpu_has_bf16();
 }  // namespace
 
 const FirstPassKernels& active_first_pass() {
-  if (g_isa != &kIsaAvx512 || !g_has_vnni) return kFpGeneric;
-  return g_has_bf16 ? kFpAvx512Bf16 : kFpAvx512Vnni;
+  if (g_isa == &kIsaAvx512 && g_has_vnni) return g_has_bf16 ? kFpAvx512Bf16 : kFpAvx512Vnni;
+  return g_isa == &kIsaGeneric ? kFpGeneric : kFpAvx2;  // avx512 and avx2 levels both imply AVX2
 }
 
 const char* fast_first_pass_kinds() {
-  if (g_isa != &kIsaAvx512 || !g_has_vnni) return "";
-  return g_has_bf16 ? "int8,bf16" : "int8";
+  if (g_isa == &kIsaAvx512 && g_has_vnni) return g_has_bf16 ? "int8,bf16" : "int8";
+  return g_isa == &kIsaGeneric ? "" : "int8";
 }
 
 int num_threads() { return g_threads; }

@@ -154,10 +154,10 @@ inline float round_up(double x) {
 }
 
 struct Buffers {
-  Buffers(int T, int64_t B, int64_t nnz, int64_t d16, int64_t keep, int64_t cap)
-      : raw(static_cast<size_t>(T) * B * kFpBlockRows),
-        lo(raw.size()),
-        hi(raw.size()),
+  Buffers(int T, int64_t B, int64_t nnz, int64_t d16, int64_t fp_scratch, int64_t keep, int64_t cap)
+      : raw(static_cast<size_t>(T) * fp_scratch),
+        lo(static_cast<size_t>(T) * B * kFpBlockRows),
+        hi(lo.size()),
         idx(static_cast<size_t>(T) * kFpBlockRows),
         d12(idx.size()),
         d21(idx.size()),
@@ -170,7 +170,8 @@ struct Buffers {
         work_p(static_cast<size_t>(T) * nnz * kWorkPerPositive, 0) {
     topk.reserve(static_cast<size_t>(T) * B);
   }
-  std::vector<uint32_t> raw;           // [T][B * kFpBlockRows] first-pass raw sums of one block
+  std::vector<uint32_t> raw;           // [T][fp_scratch]: a block's first-pass raw sums [B * kFpBlockRows], then
+                                       // the kernels' own scratch (first_pass_kernels.h)
   std::vector<float> lo, hi;           // [T][B * kFpBlockRows] bounds of one block
   std::vector<int32_t> idx;            // [T][kFpBlockRows]
   std::vector<int32_t> d12, d21;       // [T][kFpBlockRows] the second bound's dot products
@@ -219,7 +220,8 @@ class TwoStageRun {
         pos_query_(nnz_),
         // Every buffer is allocated before the parallel regions (std::bad_alloc inside one would
         // terminate the process; here it reaches Python as MemoryError), as in fused_scan.
-        buf_(T_, B_, nnz_, d16_, kept_, cap_) {
+        fp_scratch_(B_ * kFpBlockRows + 2 * params.first_pass.dp),
+        buf_(T_, B_, nnz_, d16_, fp_scratch_, kept_, cap_) {
     // The exact scorer: the exact scan's own pair kernel on zero-padded queries (flat_search.cpp).
     for (int64_t b = 0; b < B_; ++b)
       std::copy(in.queries + b * in.d, in.queries + (b + 1) * in.d, qpad_.data() + b * d16_);
@@ -262,7 +264,7 @@ class TwoStageRun {
 
   ThreadSlots slots(int t) {
     const size_t words = static_cast<size_t>(B_) * kFpBlockRows, rows = static_cast<size_t>(t) * kFpBlockRows;
-    return ThreadSlots{buf_.raw.data() + t * words,        buf_.lo.data() + t * words,
+    return ThreadSlots{buf_.raw.data() + t * fp_scratch_,  buf_.lo.data() + t * words,
                        buf_.hi.data() + t * words,         buf_.idx.data() + rows,
                        buf_.d12.data() + rows,             buf_.d21.data() + rows,
                        buf_.intervals.data() + rows,       buf_.row_scratch.data() + static_cast<size_t>(t) * d16_,
@@ -437,6 +439,7 @@ class TwoStageRun {
   const FlatView exact_;
   const int64_t cap_;
   std::vector<int64_t> pos_query_;
+  const int64_t fp_scratch_;  // 32-bit words of first-pass scratch per thread (first_pass_kernels.h)
   Buffers buf_;
 };
 

@@ -187,8 +187,8 @@ def test_every_simd_level_gives_the_same_results_and_work(rng, kind, refine):
     ref = idx.search(q, k=30, positives=pos, cutoff=10)
     work = idx.last_search_stats
     try:
-        for other in drfast.search.supported_simd_levels():
-            drfast.set_simd_level(other)
+        for other in drfast.search.supported_simd_levels():  # each with its own first-pass table (avx2:
+            drfast.set_simd_level(other)                      # the AVX2 one, test_first_pass_kernels.py)
             assert_identical(idx.search(q, k=30, positives=pos, cutoff=10), ref)
             if kind == "int8":  # int32 sums: the same bounds, so the same work, on every level
                 np.testing.assert_array_equal(idx.last_search_stats.pos_rescored, work.pos_rescored)

@@ -111,7 +111,7 @@ class IndexSpec:
     index: str = option("flat", "the index: flat | pq:M | opq:M (adore: the one trained against)", metavar="SPEC")
     index_seed: int = option(0, "seed of the PQ / OPQ codebook training")
     first_pass: Optional[str] = option("none", "the exact two-stage search of a flat index: a low-precision first "
-                                               "pass (int8: AVX-512 VNNI, bf16: AVX512_BF16, auto: the best this CPU "
+                                               "pass (int8: AVX-512 VNNI or AVX2, bf16: AVX512_BF16, auto: the best this CPU "
                                                "runs fast) with proven error bounds, then exact rescoring; results "
                                                "are bit-identical to none, the copy costs 2 bytes per dimension per "
                                                "document (int8-lean: int8 without its refinement codes, 1 byte, for "

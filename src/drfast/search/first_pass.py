@@ -4,7 +4,7 @@ search.first_pass_build), the queries' codes (prepare_queries), and the proven b
 (query, row) score that the native kernel (csrc/cpu/two_stage.cpp) and the torch path
 (TorchFirstPass) compute from them.
 
-Kinds ("first_pass"): "int8" (per-row scale, AVX-512 VNNI), "bf16" (AVX512_BF16), "auto" (the best
+Kinds ("first_pass"): "int8" (per-row scale; AVX-512 VNNI, else AVX2), "bf16" (AVX512_BF16), "auto" (the best
 kind this CPU runs fast, else None = the exact scan only; int8 on a GPU first_pass_device; an int8
 choice drops its refinement codes, "int8-lean", when they would not fit in memory beside the rows'
 page cache: resolve_auto_spec). `parse_first_pass` is the spec helper for CLI flags
@@ -48,7 +48,7 @@ scan computes, t = q . x the real inner product, u = 2^-24, gamma(n) = n u / (1 
    many rows undecided) needs few exact recomputations.
 
 Choosing a kind: int8 + refinement costs 2 bytes per element beyond the exact rows (+50% of fp32
-storage, +100% of fp16) and is the fastest on AVX-512 VNNI; refine=False halves that and pays
+storage, +100% of fp16) and is the fastest kind on AVX-512 VNNI and on AVX2; refine=False halves that and pays
 with more exact recomputations around deep positives; bf16 costs 2 bytes per element.
 """
 from __future__ import annotations
@@ -90,9 +90,10 @@ def fast_kinds() -> tuple:
 
 
 def resolve_auto() -> Optional[str]:
-    """"auto": int8 with AVX-512 VNNI (4x the fp32 multiply-adds per instruction, a quarter of
-    the bytes), else bf16 with AVX512_BF16, else None (the exact scan: AVX2 and generic CPUs run
-    the first pass no faster than the fp32 scan they would avoid)."""
+    """"auto": int8 where the active SIMD level has a fast int8 table: AVX-512 VNNI (4x the fp32
+    multiply-adds per instruction, a quarter of the bytes) or AVX2 (vpmaddwd on codes widened to
+    int16: 2x the fp32 multiply-adds per instruction); else bf16 with AVX512_BF16, else None (the
+    exact scan: at the generic level the first pass runs no faster than the scan it would avoid)."""
     kinds = fast_kinds()
     return "int8" if "int8" in kinds else "bf16" if "bf16" in kinds else None
 
