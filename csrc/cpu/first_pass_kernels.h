@@ -64,7 +64,8 @@ extern const FirstPassKernels kFpAvx512Bf16;  // the above + AVX512_BF16 (vdpbf1
 // the CPU has VNNI (the BF16 one with BF16 too), else the avx2 table at the avx512 and avx2 levels,
 // generic at the generic level.
 const FirstPassKernels& active_first_pass();
-// "int8,bf16" / "int8" / "": the first-pass kinds with a fast native kernel at the active level.
+// "int8,bf16" / "int8" / "": the first-pass kinds clearly faster than the exact scan at the active
+// level, what first_pass="auto" picks from (VNNI and BF16; not the AVX2 table, see isa_dispatch.cpp).
 const char* fast_first_pass_kinds();
 
 }  // namespace drfast

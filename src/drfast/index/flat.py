@@ -42,7 +42,7 @@ class FlatIndex:
         None: the exact fused scan. Otherwise `search` scans a low-precision copy of the rows with
         proven per-pair error bounds and recomputes exactly only the rows the bounds cannot decide:
         results stay bit-identical to ``first_pass=None``. "int8-lean" is int8 with ``refine=False``;
-        "auto" (search.first_pass.resolve_auto_spec) is int8 with AVX-512 VNNI or AVX2 or on a GPU
+        "auto" (search.first_pass.resolve_auto_spec) is int8 with AVX-512 VNNI or on a GPU
         `first_pass_device`, bf16 with AVX512_BF16, else None; its int8 becomes "int8-lean" when the
         full copy (plus memory-mapped rows' page cache) would not fit in free memory. A FirstPassData built before for these rows (search.first_pass.build_first_pass, e.g.
         into memory-mapped files with its `alloc`) is used as it is.
