@@ -27,6 +27,27 @@ def make_tiny_hf_folder(folder, seed=0, max_position_embeddings=512):
     return str(folder)
 
 
+def make_tiny_st_folder(hf_folder, folder, dropout=True):
+    """The tiny BERT of `hf_folder` saved to `folder` as a sentence-transformers model (mean pooling,
+    normalised); dropout=False zeroes its dropout, so that two forward passes give the same output."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    if not dropout:
+        with open(os.path.join(hf_folder, "config.json")) as f:
+            config = json.load(f)
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        with open(os.path.join(hf_folder, "config.json"), "w") as f:
+            json.dump(config, f)
+    transformer = Transformer(str(hf_folder), max_seq_length=32)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                         Normalize()], device="cpu")
+    model.save(str(folder))
+    return str(folder)
+
+
 def make_tiny_beir(folder, rng, n_docs=60, n_queries=12, splits=("train", "test")):
     """A BEIR folder of random word sequences; each query has 1-2 relevant docs (grade 1 or 2)
     and some judged non-relevant ones (grade 0)."""

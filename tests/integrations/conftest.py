@@ -73,14 +73,7 @@ def pairs(rng):
 @pytest.fixture(scope="session")
 def tiny_st_folder(tmp_path_factory):
     """A tiny random BERT saved as a sentence-transformers model (mean pooling, normalised)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from tiny import make_tiny_hf_folder
+    from tiny import make_tiny_hf_folder, make_tiny_st_folder
 
     hf = make_tiny_hf_folder(tmp_path_factory.mktemp("tiny_hf"))
-    transformer = Transformer(hf, max_seq_length=32)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
-                                         Normalize()], device="cpu")
-    folder = tmp_path_factory.mktemp("tiny_st")
-    model.save(str(folder))
-    return str(folder)
+    return make_tiny_st_folder(hf, tmp_path_factory.mktemp("tiny_st"))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from distributed_util import spawn
-from tiny import WORDS, make_tiny_hf_folder
+from tiny import WORDS, make_tiny_hf_folder, make_tiny_st_folder
 
 N_DOCS, CUTOFF = 40, 5
 # (index, k): k=30 and k=N_DOCS exceed a shard's 20 rows (the merge pads past them); k=3 is below the cutoff
@@ -31,21 +31,8 @@ CASES = (("sharded", 30), ("sharded", 3), ("sharded", N_DOCS), ("replicated", 30
 @pytest.fixture(scope="module")
 def st_folder(tmp_path_factory):
     """A tiny random BERT without dropout, saved as a sentence-transformers model (mean pooling, normalised)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
     hf = make_tiny_hf_folder(tmp_path_factory.mktemp("hf"))
-    with open(os.path.join(hf, "config.json")) as f:
-        config = json.load(f)
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    with open(os.path.join(hf, "config.json"), "w") as f:
-        json.dump(config, f)
-    transformer = Transformer(hf, max_seq_length=32)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
-                                         Normalize()], device="cpu")
-    folder = tmp_path_factory.mktemp("st")
-    model.save(str(folder))
-    return str(folder)
+    return make_tiny_st_folder(hf, tmp_path_factory.mktemp("st"), dropout=False)
 
 
 def random_data(rng, n_docs=N_DOCS, n_queries=16):
