@@ -136,3 +136,40 @@ def test_train_centroids_trains_a_copy_and_saves_it(setup, tmp_path, rng):
     saved = drfast.load_index(tmp_path / "out" / "index")
     assert np.array_equal(saved.centroids.numpy(), trained)
     assert np.array_equal(np.asarray(saved.codes), np.asarray(pq.codes))
+
+
+def test_callback_clips_the_centroids_gradient_on_its_own(setup, tmp_path, rng):
+    """The trainer clips the model's gradient norm only; drfast adore clips the centroids' group on its own,
+    and AdoreLoss.callback() does the same before the optimizer step."""
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from transformers import TrainerCallback
+
+    import drfast
+    from drfast.integrations.sentence_transformers import ROUTER_MAPPING, AdoreLoss
+
+    model, flat, docs, queries, positives = setup
+    m = 8
+    centroids = rng.standard_normal((m, 256, flat.dim // m)).astype(np.float32) * 0.3
+    pq = drfast.PQIndex(centroids, rng.integers(0, 256, size=(flat.ntotal, m)).astype(np.uint8))
+    loss = AdoreLoss(model, pq, positives, k=30, train_centroids=True)
+    norms = {"before": [], "after": []}
+
+    class Norm(TrainerCallback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            norms[self.key].append(float(loss.centroids.grad.norm()))
+
+    max_norm = 1e-4
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=1,
+                                                per_device_train_batch_size=8, max_grad_norm=max_norm,
+                                                router_mapping=ROUTER_MAPPING, report_to="none", save_strategy="no",
+                                                seed=0, use_cpu=True)
+    train = Dataset.from_dict({"query": queries, "label": list(range(len(queries)))})
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                               callbacks=[Norm("before"), loss.callback(), Norm("after")]).train()
+    assert len(norms["after"]) == 3 and all(n > max_norm for n in norms["before"])
+    assert all(n <= max_norm * (1 + 1e-5) for n in norms["after"])

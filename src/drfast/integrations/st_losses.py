@@ -155,8 +155,9 @@ class AdoreLoss(torch.nn.Module):
 
     def callback(self):
         """A transformers TrainerCallback that adds "mrr10" and "pairs" (means over all ranks under torchrun)
-        to every training log line and, with train_centroids, saves the trained index to OUTPUT/index and
-        to every checkpoint's index/."""
+        to every training log line and, with train_centroids, clips the centroids' gradient norm to
+        max_grad_norm on its own (as `drfast adore`: the trainer clips the model's only) and saves the
+        trained index to OUTPUT/index and to every checkpoint's index/."""
         from transformers import TrainerCallback
 
         loss = self
@@ -168,6 +169,11 @@ class AdoreLoss(torch.nn.Module):
                     logs.update(logged)
                     if state.log_history:
                         state.log_history[-1].update(logged)
+
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                # the trainer clips the model's gradient norm only; drfast adore clips the centroids' on its own
+                if loss.train_centroids and args.max_grad_norm and args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([loss.centroids], args.max_grad_norm)
 
             def on_save(self, args, state, control, **kwargs):
                 if loss.train_centroids and state.is_world_process_zero:

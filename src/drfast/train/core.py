@@ -90,6 +90,24 @@ class TrainConfig:
             check_float(self.score_scale, "score_scale", 0.0, min_inclusive=False)
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The positions of `n` training items in the order epoch `epoch` (0-based) visits them: a function of
+    the seed and the epoch only (the sentence-transformers integration's DrfastBatchSampler reproduces it)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def total_steps(n: int, config: TrainConfig) -> int:
+    """Optimizer steps of a run over `n` training items: every epoch's last step may take fewer micro-batches;
+    max_steps (when > 0) stops it earlier."""
+    steps = config.epochs * math.ceil(math.ceil(n / config.batch_size) / config.grad_accum)
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def warmup_steps(total: int, config: TrainConfig) -> int:
+    """Steps of the linear warm-up (see linear_schedule)."""
+    return int(config.warmup_ratio * total)
+
+
 def linear_schedule(optimizer, warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
@@ -134,11 +152,10 @@ class TrainingRun:
                 if hasattr(module, "gradient_checkpointing_enable"):
                     module.gradient_checkpointing_enable()
         self.batches_per_epoch = math.ceil(len(self.items) / config.batch_size)
-        steps = config.epochs * math.ceil(self.batches_per_epoch / config.grad_accum)
-        self.total_steps = min(steps, config.max_steps) if config.max_steps else steps
+        self.total_steps = total_steps(len(self.items), config)
         groups = [{"params": list(model.parameters())}] if param_groups is None else list(param_groups)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = linear_schedule(self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
+        self.scheduler = linear_schedule(self.optimizer, warmup_steps(self.total_steps, config), self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
         self.writer = None
         if config.tensorboard and self.output_dir is not None:
@@ -190,8 +207,7 @@ class TrainingRun:
 
     def order(self, epoch: int) -> List:
         """The epoch's data order: a function of the seed and the epoch only, so a resumed run sees the same."""
-        perm = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.items))
-        return [self.items[i] for i in perm]
+        return [self.items[i] for i in epoch_order(self.config.seed, epoch, len(self.items))]
 
     def _run_micro_batch(self, items: Sequence) -> dict:
         t0 = time.perf_counter()
