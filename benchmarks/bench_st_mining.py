@@ -8,8 +8,10 @@ Synthetic unit rows (d=384), 10k anchors with one positive each, range_max=100, 
 triplets; every method gets the same vectors through a model that returns them (no encoding is timed).
 Timed end to end (de-duplication, search, filters, dataset building), one round each. ST's exact path
 runs with faiss_batch_size=1024 (its default, 16384, would hold a 16384 x N float32 score block: 13 GB at
-N=200k); drfast uses the default (its search memory is O(batch x (k + block)), never O(batch x N)). The
-footnotes give each method's peak extra resident memory (sampled every 5 ms) and whether the rows agree.
+N=200k); drfast uses its defaults (its search memory is O(batch x (k + block)), never O(batch x N);
+first_pass="auto": the int8 two-stage search with AVX-512 VNNI, the exact scan elsewhere), and once more
+with first_pass=None (the exact scan alone). The footnotes give each method's peak extra resident memory
+(sampled every 5 ms) and whether the rows agree.
 """
 from __future__ import annotations
 
