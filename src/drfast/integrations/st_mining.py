@@ -37,7 +37,7 @@ from drfast.common.arrays import to_numpy
 from drfast.common.atomic import save_npy_atomic
 from drfast.common.errors import UsageError
 from drfast.index import FlatIndex, load_faiss_index, load_index
-from drfast.integrations.st_mining_output import Filters, Texts, build_output, print_summary
+from drfast.integrations.st_mining_output import Filters, Texts, build_output, console, print_summary
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ def mine_hard_negatives(dataset, model, anchor_column_name=None, positive_column
                                num_negatives, sampling_strategy, max_positives, cross_encoder, verbose)
     texts = _prepare_texts(anchors, positive_texts, corpus, include_positives, index is not None)
     if len(texts.queries) != len(anchors) and verbose:
-        print(f"Found {len(texts.queries)} unique queries out of {len(anchors)} total queries.")  # mirrors ST
+        console(f"Found {len(texts.queries)} unique queries out of {len(anchors)} total queries.")
     if max_positives > 1 and verbose:
         per_query = list(Counter(a for a, p in zip(anchors, positive_texts) if p is not None).values())
-        print(f"Found an average of {np.mean(per_query):.3f} positives per query.")  # mirrors ST
+        console(f"Found an average of {np.mean(per_query):.3f} positives per query.")
     prompts = (query_prompt_name, query_prompt, corpus_prompt_name, corpus_prompt)
     search_index, query_emb = _embed(model, texts, index, first_pass, prompts, batch_size, use_multi_process,
                                      cache_folder, verbose)
@@ -111,7 +111,7 @@ def mine_hard_negatives(dataset, model, anchor_column_name=None, positive_column
     negative_scores, indices = _filter_candidates(scores, indices, positive_scores, texts, filters,
                                                   include_positives, log_counters)
     if verbose:
-        print("Negative candidates mined, preparing dataset...")  # mirrors ST's output
+        console("Negative candidates mined, preparing dataset...")
     data, summary = build_output(output_format, output_scores, anchor_column_name, positive_column_name,
                                  texts, indices, negative_scores, positive_scores, filters.num_negatives,
                                  len(dataset))
@@ -186,7 +186,7 @@ def _resolve_filters(range_min, range_max, max_score, min_score, absolute_margin
         else:
             range_max = range_min + num_negatives + max_positives
         if verbose:
-            print(f"Setting range_max to {range_max} based on the provided parameters.")  # mirrors ST
+            console(f"Setting range_max to {range_max} based on the provided parameters.")
     if range_min < 0:
         raise ValueError(f"range_min must be non-negative, got range_min={range_min}.")
     if range_min >= range_max:
@@ -302,7 +302,7 @@ def _load_cached(path, what, verbose):
         return None
     emb = np.load(path)
     if verbose:
-        print(f"[Cache] Loaded {what} embeddings from {path} (shape={emb.shape})")  # mirrors ST
+        console(f"[Cache] Loaded {what} embeddings from {path} (shape={emb.shape})")
     return emb
 
 
@@ -311,7 +311,7 @@ def _save_cached(path, emb, verbose):
         return
     save_npy_atomic(path, to_numpy(emb))
     if verbose:
-        print(f"[Cache] Saved {os.path.basename(path).split('_')[0]} embeddings to {path}")  # mirrors ST
+        console(f"[Cache] Saved {os.path.basename(path).split('_')[0]} embeddings to {path}")
 
 
 def _search(index, query_emb, texts: Texts, k: int, batch: int, verbose: bool, full_ranks: bool):

@@ -14,6 +14,13 @@ import torch
 NEG_INF = -float("inf")
 
 
+def console(line: str) -> None:
+    """One line of the console output `mine_hard_negatives(verbose=True)` promises. sentence-transformers
+    (6.3.0) prints these lines to stdout, and users' scripts and our tests read them there, so this is the
+    one place in the library that prints instead of logging (the drop-in's contract)."""
+    print(line)
+
+
 @dataclass(frozen=True)
 class Filters:
     """The candidate filters of one mining run (ST's arguments after validation and deprecations)."""
@@ -117,15 +124,15 @@ def labeled_pair(output_scores, anchor_col, positive_col, texts: Texts, indices,
 
 
 def print_summary(positive_scores, summary, log_counters, f: Filters, n_rows) -> None:
-    """ST's printed statistics table and notes, line for line (ST prints them; so do we, to match)."""
+    """ST's printed statistics table and notes, line for line (through `console`)."""
     negative_scores, difference = summary["negative"], summary["difference"]
     row_format = "{:<6} {:>14} {:>14} {:>14}"
 
     def fmt(value):
         return f"{value.item():.4f}" if isinstance(value, torch.Tensor) else f"{value:,}"
 
-    print(row_format.format("Metric", "Positive", "Negative", "Difference"))
-    print(row_format.format("Count", fmt(len(positive_scores)), fmt(len(negative_scores)), ""))
+    console(row_format.format("Metric", "Positive", "Negative", "Difference"))
+    console(row_format.format("Count", fmt(len(positive_scores)), fmt(len(negative_scores)), ""))
     for metric, function in [
         ("mean", torch.mean), ("median", torch.median), ("std", torch.std),
         ("min", lambda s: torch.min(s) if s.numel() > 0 else float("inf")),
@@ -134,19 +141,19 @@ def print_summary(positive_scores, summary, log_counters, f: Filters, n_rows) ->
         ("75%", lambda s: torch.quantile(s.float(), q=0.75) if s.numel() > 0 else float("inf")),
         ("max", lambda s: torch.max(s) if s.numel() > 0 else float("-inf")),
     ]:
-        print(row_format.format(metric.capitalize(), fmt(function(positive_scores)), fmt(function(negative_scores)),
-                                fmt(function(difference))))
+        console(row_format.format(metric.capitalize(), fmt(function(positive_scores)), fmt(function(negative_scores)),
+                                  fmt(function(difference))))
     for name, value in [("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin),
                         ("max_score", f.max_score), ("min_score", f.min_score)]:
         if name in log_counters:
             c = log_counters[name]
-            print(f"Skipped {c['skipped']:,} potential negatives ({c['ratio']:.2%}) due to the {name} of {value}.")
+            console(f"Skipped {c['skipped']:,} potential negatives ({c['ratio']:.2%}) due to the {name} of {value}.")
     missing = summary["maximum"] - n_rows
     if missing > 0:
         solutions = ["range_max"] + (["range_min"] if f.range_min > 0 else [])
         solutions += [n for n, v in [("absolute_margin", f.absolute_margin), ("relative_margin", f.relative_margin),
                                      ("max_score", f.max_score)] if v is not None]
         considerations = ", ".join(solutions[:-1]) + " and " + solutions[-1] if len(solutions) > 1 else solutions[0]
-        print(f"Could not find enough negatives for {missing} samples ({missing / summary['maximum']:.2%})."
+        console(f"Could not find enough negatives for {missing} samples ({missing / summary['maximum']:.2%})."
               f" Consider adjusting the {considerations} parameter{'s' if len(solutions) > 1 else ''} if you'd "
               "like to find more valid negatives.")
